@@ -1,0 +1,171 @@
+"""Text-guided top-k token selection (``text_select``, spec token-compression §4.7–4.9).
+
+Each token is scored by its cosine similarity to the text: to the sentence feature (B, C), or the best
+match over the valid text tokens (B, T, C) (a token relevant to any word is relevant). The top-k
+candidates are kept; optionally everything else is fused into one extra token (EViT, 3D-STMN's global
+key) so the consumer still sees a summary of the dropped context. It is meant for the head side (after
+the shared backbone): selection is per description, so it saves the consumer's cost only.
+
+Choices where the spec leaves room:
+- Budget: fixed ``k`` takes precedence over ``ratio``; a ratio keeps floor(ratio · n_candidates) with a
+  floor of 1 (§4.5).
+- Protected tokens (DIT text slots, registers) are always kept and **not counted** against the budget:
+  the budget counts candidates = valid and unprotected tokens, so ratio 0.5 keeps half the image tokens.
+- Padding tokens are never candidates, so they can never be kept over valid tokens.
+- Ties are broken by token index (stable sort): equal scores keep the lower index.
+- Differentiable path: the hard 0/1 keep mask is used forward; backward uses the gradient of
+  sigmoid((score − τ) / temperature), τ halfway between the k-th and (k+1)-th candidate scores
+  (straight-through estimator). Features of kept tokens are multiplied by this weight (exactly 1
+  forward), so gradients reach the token and text features (and the projection) through the scores.
+  It is active whenever autograd records the scores, in mask mode (the training mode) and gather mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grounding.compress.base import Budget, CompressContext, Compressor, Plan, build_selection_plan
+from grounding.tokens import TokenSet
+
+__all__ = ["TextGuidedTopK", "text_similarity"]
+
+
+def text_similarity(x: Tensor, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
+    """Cosine similarity of tokens to text, in float32.
+
+    Args:
+        x: (B, N, C) token features.
+        text: (B, C) sentence features, or (B, T, C) text-token features.
+        text_mask: (B, T) bool, True for real text tokens; only with (B, T, C) text. Default: all real.
+    Returns:
+        (B, N) scores in [-1, 1]; for (B, T, C) text, the max over real text tokens.
+    """
+    xn = F.normalize(x.float(), dim=-1)
+    tn = F.normalize(text.float(), dim=-1)
+    if text.dim() == 2:
+        return torch.einsum("bnc,bc->bn", xn, tn)
+    sim = torch.einsum("bnc,btc->bnt", xn, tn)
+    if text_mask is None:
+        return sim.amax(dim=-1)
+    if text_mask.shape != text.shape[:2]:
+        raise ValueError(f"text_mask {tuple(text_mask.shape)} must be (B, T) = {tuple(text.shape[:2])}")
+    empty = ~text_mask.bool().any(dim=1)
+    if bool(empty.any()):
+        raise ValueError(f"text_mask: samples {empty.nonzero().flatten().tolist()} have no real text token")
+    return sim.masked_fill(~text_mask.bool().unsqueeze(1), float("-inf")).amax(dim=-1)
+
+
+class TextGuidedTopK(Compressor):
+    """Keep the k tokens most similar to the text (plus protected tokens, plus an optional fused token).
+
+    Args:
+        ratio: keep ratio of candidate tokens in (0, 1]; 1 keeps everything (identity).
+        k: fixed number of candidates to keep; overrides ``ratio`` when given.
+        mode: "gather" (real removal, for speed) or "mask" (in place, for training).
+        fuse: append one token per sample: the size-weighted mean of the dropped valid tokens; its size
+            is their summed size and their ``src_index`` points at it.
+        temperature: softness of the straight-through keep weight (backward pass only).
+        text_dim, token_dim: give both to project text features (text_dim) into the token space
+            (token_dim) with a learned bias-free Linear before scoring.
+        fill: restore value for dropped tokens when nothing is carried and nothing is fused.
+    """
+
+    def __init__(
+        self,
+        ratio: float | None = 0.5,
+        k: int | None = None,
+        mode: str = "gather",
+        fuse: bool = False,
+        temperature: float = 0.05,
+        text_dim: int | None = None,
+        token_dim: int | None = None,
+        fill: float = 0.0,
+    ) -> None:
+        super().__init__(mode, fill)
+        self.budget = Budget(ratio=None if k is not None else ratio, k=k)
+        self.fuse = fuse
+        if temperature <= 0:
+            raise ValueError(f"TextGuidedTopK.temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        if (text_dim is None) != (token_dim is None):
+            raise ValueError("TextGuidedTopK: give both text_dim and token_dim for a projection, or neither")
+        self.proj = nn.Linear(text_dim, token_dim, bias=False) if text_dim is not None else None
+
+    def extra_repr(self) -> str:
+        return f"budget={self.budget}, mode={self.mode!r}, fuse={self.fuse}"
+
+    def scores(self, tokens: TokenSet, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
+        """(B, N) float32 cosine scores of ``tokens.x`` (B, N, C) against ``text`` (B, C) or (B, T, C)."""
+        x = tokens.x
+        if text.dim() not in (2, 3) or text.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"TextGuidedTopK: text must be (B, C) or (B, T, C) with B = {x.shape[0]}, "
+                f"got {tuple(text.shape)}"
+            )
+        if self.proj is not None:
+            if text.shape[-1] != self.proj.in_features:
+                raise ValueError(
+                    f"TextGuidedTopK: text features {tuple(text.shape)} have C={text.shape[-1]} but the "
+                    f"projection expects text_dim={self.proj.in_features}"
+                )
+            text = self.proj(text)
+        if text.shape[-1] != x.shape[-1]:
+            hint = (
+                "token_dim of the projection"
+                if self.proj is not None
+                else "text_dim/token_dim for a projection"
+            )
+            raise ValueError(
+                f"TextGuidedTopK: tokens.x {tuple(x.shape)} has C={x.shape[-1]} but text features "
+                f"{tuple(text.shape)} have C={text.shape[-1]}; set {hint}"
+            )
+        return text_similarity(x, text, text_mask if text.dim() == 3 else None)
+
+    def plan(self, tokens: TokenSet, ctx: CompressContext | None = None) -> Plan:
+        """Rank candidates by text similarity and keep the budget's top k per sample.
+
+        ``ctx.text`` (and ``ctx.text_mask`` for (B, T, C) text) is required; ``ctx.budget`` and
+        ``ctx.mode`` override the compressor's own. ``Plan.scores`` holds the cosine scores (0 on padding).
+        """
+        if ctx is None or ctx.text is None:
+            raise ValueError("TextGuidedTopK.plan needs CompressContext.text: (B, C) or (B, T, C) features")
+        budget = ctx.budget or self.budget
+        mode = self.resolve_mode(ctx)
+        scores = self.scores(tokens, ctx.text, ctx.text_mask)
+        b, n = scores.shape
+        cand = tokens.valid & ~tokens.protect
+        ranked = scores.detach().masked_fill(~cand, float("-inf"))
+        # Stable descending sort: among equal scores the lower token index ranks first.
+        sorted_vals, order = torch.sort(ranked, dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
+        k = budget.keep_counts(cand.sum(dim=1))
+        keep = cand & (rank < k.unsqueeze(1))
+        keep_weight = None
+        if torch.is_grad_enabled() and scores.requires_grad:
+            keep_weight = self._straight_through(scores, sorted_vals, k, keep, cand)
+        return build_selection_plan(
+            tokens,
+            keep,
+            mode,
+            fuse=self.fuse,
+            keep_weight=keep_weight,
+            scores=scores.masked_fill(~tokens.valid, 0.0),
+            block=ctx.block,
+        )
+
+    def _straight_through(
+        self, scores: Tensor, sorted_vals: Tensor, k: Tensor, keep: Tensor, cand: Tensor
+    ) -> Tensor:
+        """(B, N) weight equal to the hard mask forward, with sigmoid gradients for candidates."""
+        n = scores.shape[1]
+        kth = sorted_vals.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
+        # The (k+1)-th score is -inf when every candidate is kept: the sigmoid saturates, no gradient.
+        nxt = sorted_vals.gather(1, k.clamp(max=n - 1).unsqueeze(1))
+        nxt = torch.where((k < n).unsqueeze(1), nxt, torch.full_like(nxt, float("-inf")))
+        tau = (kth + nxt) / 2
+        soft = torch.sigmoid((scores - tau) / self.temperature)
+        # Non-candidates weigh 1: valid protected tokens are forced in by the plan builder, and padding
+        # never lands in a valid slot, so its weight is never used.
+        return torch.where(cand, keep.to(scores.dtype) + (soft - soft.detach()), torch.ones_like(soft))

@@ -1,0 +1,154 @@
+"""The one generic Lightning module: model, criterion, postprocess and evaluator, all injected.
+
+The contract every task follows (ARCHITECTURE.md):
+- ``model(batch) -> outputs``: raw tensors, no loss inside;
+- ``criterion(outputs, batch) -> {"loss_*": scalar}``: unweighted terms;
+- ``postprocess(outputs, batch) -> list[prediction]``: one prediction per sample, in the original
+  indexing, each with ``sample_id`` and ``to_record() -> dict`` (JSON-serialisable);
+- ``evaluator``: a torchmetrics ``Metric`` with ``update(predictions, batch)``, ``compute()`` and
+  ``definitions()``.
+Batches are task dataclasses with ``to(device)``, ``__len__`` (samples) and ``sample_ids``.
+
+The module never names a dataset or a model; hydra wires them in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class GroundingTask(L.LightningModule):
+    """Training and evaluation of any task that follows the model / criterion / postprocess split.
+
+    Args:
+        model: ``nn.Module`` mapping a batch to an outputs dataclass.
+        criterion: module or callable returning a dict of unweighted ``loss_*`` terms.
+        postprocess: callable turning outputs into per-sample predictions.
+        evaluator: torchmetrics ``Metric`` (see module docstring); cloned for validation and test.
+        optimizer: partial taking the trainable parameters (hydra ``_partial_: true``).
+        scheduler: optional partial taking the optimizer.
+        loss_weights: weight per loss term; a term not listed has weight 1.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        monitor: metric the scheduler (e.g. ReduceLROnPlateau) and checkpoint selection watch.
+    """
+
+    def __init__(self, model: nn.Module, criterion: Callable[[Any, Any], Mapping[str, Tensor]],
+                 postprocess: Callable[[Any, Any], list[Any]], evaluator: Metric,
+                 optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
+                 loss_weights: Mapping[str, float] | None = None, scheduler_interval: str = "epoch",
+                 monitor: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.postprocess = postprocess
+        self.val_metric = evaluator.clone()
+        self.test_metric = evaluator.clone()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.loss_weights = dict(loss_weights or {})
+        self.scheduler_interval = scheduler_interval
+        self.monitor = monitor
+        # Filled by test_step; the PredictionWriter callback drains it batch by batch.
+        self.pending_records: list[dict[str, Any]] = []
+        self.last_test_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ loss
+    def weighted_loss(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """Σ_k w_k · term_k over the ``loss_*`` terms (weights from config, default 1)."""
+        unknown = set(self.loss_weights) - set(terms)
+        if unknown:
+            raise KeyError(f"loss_weights name terms the criterion does not return: {sorted(unknown)}; "
+                           f"criterion returns {sorted(terms)}")
+        total = None
+        for name, value in terms.items():
+            if not name.startswith("loss_"):
+                raise KeyError(f"criterion term {name!r} must be named loss_*")
+            part = self.loss_weights.get(name, 1.0) * value
+            total = part if total is None else total + part
+        if total is None:
+            raise ValueError("criterion returned no loss terms")
+        return total
+
+    def _log_terms(self, stage: str, terms: Mapping[str, Tensor], loss: Tensor, batch_size: int) -> None:
+        on_step = stage == "train"
+        for name, value in terms.items():
+            w = self.loss_weights.get(name, 1.0)
+            self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=True,
+                     batch_size=batch_size, sync_dist=not on_step)
+            self.log(f"{stage}/weighted_{name}", w * value.detach(), on_step=False, on_epoch=True,
+                     batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{stage}/loss", loss.detach(), on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size, sync_dist=not on_step)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: Any) -> Any:
+        return self.model(batch)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        outputs = self.model(batch)
+        terms = self.criterion(outputs, batch)
+        loss = self.weighted_loss(terms)
+        if not torch.isfinite(loss):
+            # Fail loudly with the samples involved instead of silently corrupting the weights.
+            ids = getattr(batch, "sample_ids", None)
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step} "
+                                     f"(terms: { {k: float(v) for k, v in terms.items()} }, samples: {ids})")
+        self._log_terms("train", terms, loss, len(batch))
+        return loss
+
+    def _eval_step(self, batch: Any, metric: Metric, stage: str, keep_records: bool) -> list[Any]:
+        outputs = self.model(batch)
+        terms = self.criterion(outputs, batch)
+        self._log_terms(stage, terms, self.weighted_loss(terms), len(batch))
+        predictions = self.postprocess(outputs, batch)
+        metric.update(predictions, batch)
+        if keep_records:
+            self.pending_records.extend(p.to_record() for p in predictions)
+        return predictions
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric, "val", keep_records=False)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric, "test", keep_records=True)
+
+    def _log_metric(self, metric: Metric, stage: str) -> dict[str, float]:
+        values = {k: float(v) for k, v in metric.compute().items()}
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=False)
+        metric.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_metric(self.test_metric, "test")
+
+    # ------------------------------------------------------------------ device
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch.to(device) if hasattr(batch, "to") else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (is everything frozen?)")
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if self.monitor is not None:
+            config["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,73 @@
+"""Engine pieces in isolation: loss weighting, failure messages, precision, record files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from toy_task import ToyBatch, ToyCriterion, ToyDataset, ToyModel, ToyPostprocess
+
+from grounding.engine import GroundingTask
+from grounding.engine.records import read_jsonl, write_json
+from grounding.engine.run import resolve_precision
+from grounding.metrics.evaluators import ReferringMaskMetric
+
+
+def _task(**kw) -> GroundingTask:
+    return GroundingTask(ToyModel(), ToyCriterion(), ToyPostprocess(), ReferringMaskMetric(),
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kw)
+
+
+def _batch() -> ToyBatch:
+    ds = ToyDataset(size=3)
+    return ToyBatch.collate([ds[i] for i in range(3)])
+
+
+def test_weighted_loss() -> None:
+    task = _task(loss_weights={"loss_dice": 0.5})
+    terms = {"loss_bce": torch.tensor(2.0), "loss_dice": torch.tensor(4.0)}
+    assert task.weighted_loss(terms).item() == pytest.approx(4.0)
+    with pytest.raises(KeyError, match="loss_typo"):
+        _task(loss_weights={"loss_typo": 1.0}).weighted_loss(terms)
+    with pytest.raises(KeyError, match="loss_"):
+        task.weighted_loss({"bce": torch.tensor(1.0)})
+
+
+def test_non_finite_loss_names_the_samples() -> None:
+    task = _task()
+    task.model.mlp[0].weight.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="s0_0000"):
+        task.training_step(_batch(), 0)
+
+
+def test_frozen_model_has_nothing_to_optimize() -> None:
+    task = _task()
+    for p in task.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        task.configure_optimizers()
+
+
+def test_precision_auto_is_fp32_on_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = OmegaConf.create({"trainer": {"precision": "auto", "accelerator": "auto"}})
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = OmegaConf.create({"trainer": {"precision": "auto", "accelerator": "auto"}})
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "16-mixed"
+    cfg = OmegaConf.create({"trainer": {"precision": "bf16-mixed"}})
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_records_round_trip_and_bad_line(tmp_path: Path) -> None:
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert (tmp_path / "m.json").read_text().startswith("{")
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"sample_id": "a"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl: line 2"):
+        read_jsonl(bad)
