@@ -1,0 +1,249 @@
+"""Readers and writers of the four ScanNet v2 raw files of a scan (data spec §1).
+
+- ``<scan>_vh_clean_2.ply``: binary little-endian PLY; vertex ``x y z`` float32, ``red green blue
+  alpha`` uint8; face ``vertex_indices`` (uint8 count, int32 indices). Metres, +z up, raw scan frame.
+- ``<scan>_vh_clean_2.labels.ply``: same vertices plus ``label`` (uint16 NYU40 id, 0 = unannotated);
+  its colours are label colours and are never read.
+- ``<scan>_vh_clean_2.0.010000.segs.json``: ``{"params", "sceneId", "segIndices": [N ints]}``.
+- ``<scan>.aggregation.json``: ``{"sceneId", "appId", "segmentsFile", "segGroups": [{"id",
+  "objectId", "segments", "label"}]}``.
+
+Properties are read by name, never by column position. Every error names the file, the record and
+the field (:class:`datasets.errors.DataFormatError`). The writers produce the same layout, so that
+generated scenes go through exactly the same reading code as real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from plyfile import PlyData, PlyElement, PlyParseError
+
+from datasets.errors import DataFormatError
+
+SEGS_SUFFIX = "_vh_clean_2.0.010000.segs.json"
+MESH_SUFFIX = "_vh_clean_2.ply"
+LABELS_SUFFIX = "_vh_clean_2.labels.ply"
+AGGREGATION_SUFFIX = ".aggregation.json"
+
+
+def scan_files(scan_dir: str | Path, scan_id: str | None = None) -> dict[str, Path]:
+    """Paths of the four raw files of ``scans/<scan_id>/`` (``scan_id`` defaults to the folder name)."""
+    scan_dir = Path(scan_dir)
+    scan_id = scan_id or scan_dir.name
+    return {
+        "mesh": scan_dir / f"{scan_id}{MESH_SUFFIX}",
+        "labels": scan_dir / f"{scan_id}{LABELS_SUFFIX}",
+        "segs": scan_dir / f"{scan_id}{SEGS_SUFFIX}",
+        "aggregation": scan_dir / f"{scan_id}{AGGREGATION_SUFFIX}",
+    }
+
+
+@dataclass
+class Mesh:
+    """A ScanNet mesh: ``xyz`` (N, 3) float32 metres, ``rgb`` (N, 3) uint8, ``faces`` (F, 3) int64."""
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    faces: np.ndarray
+
+
+@dataclass
+class SegGroup:
+    """One annotated object of ``aggregation.json``."""
+
+    id: int
+    object_id: int
+    label: str
+    segments: list[int]
+
+
+def _read_ply(path: Path) -> PlyData:
+    if not path.is_file():
+        raise DataFormatError(path, "file is missing")
+    try:
+        return PlyData.read(str(path))
+    except (PlyParseError, ValueError, EOFError, OSError, IndexError, struct.error) as e:
+        raise DataFormatError(path, f"not a readable PLY file ({type(e).__name__}: {e})") from e
+
+
+def _vertex_property(ply: PlyData, path: Path, name: str) -> np.ndarray:
+    try:
+        vertex = ply["vertex"]
+    except KeyError as e:
+        raise DataFormatError(path, "no 'vertex' element", field="vertex") from e
+    names = [p.name for p in vertex.properties]
+    if name not in names:
+        raise DataFormatError(path, f"vertex property missing (has {names})", record="vertex", field=name)
+    return np.asarray(vertex[name])
+
+
+def read_mesh(path: str | Path) -> Mesh:
+    """Read ``<scan>_vh_clean_2.ply``: vertices in file order, colours, triangle faces."""
+    path = Path(path)
+    ply = _read_ply(path)
+    xyz = np.stack([_vertex_property(ply, path, k) for k in ("x", "y", "z")], 1).astype(np.float32)
+    rgb = np.stack([_vertex_property(ply, path, k) for k in ("red", "green", "blue")], 1)
+    if not np.issubdtype(rgb.dtype, np.integer) or rgb.min(initial=0) < 0 or rgb.max(initial=0) > 255:
+        raise DataFormatError(path, f"colours must be uint8 0..255, got {rgb.dtype}", record="vertex",
+                              field="red/green/blue")
+    if not np.isfinite(xyz).all():
+        bad = int(np.flatnonzero(~np.isfinite(xyz).all(1))[0])
+        raise DataFormatError(path, "non-finite coordinate", record=f"vertex {bad}", field="x/y/z")
+    faces = np.zeros((0, 3), dtype=np.int64)
+    if "face" in [e.name for e in ply.elements]:
+        raw = ply["face"]["vertex_indices"]
+        if len(raw):
+            try:
+                faces = np.stack([np.asarray(f, dtype=np.int64) for f in raw])
+            except ValueError as e:
+                raise DataFormatError(path, "faces must all be triangles", record="face",
+                                      field="vertex_indices") from e
+            if faces.ndim != 2 or faces.shape[1] != 3:
+                raise DataFormatError(path, f"faces must be triangles, got shape {faces.shape}", record="face",
+                                      field="vertex_indices")
+            if faces.min() < 0 or faces.max() >= len(xyz):
+                raise DataFormatError(path, f"face index out of range 0..{len(xyz) - 1}", record="face",
+                                      field="vertex_indices")
+    return Mesh(xyz=xyz, rgb=rgb.astype(np.uint8), faces=faces)
+
+
+def read_labels(path: str | Path, num_vertices: int | None = None) -> np.ndarray:
+    """Read the NYU40 ``label`` of every vertex of ``<scan>_vh_clean_2.labels.ply`` as (N,) int64."""
+    path = Path(path)
+    labels = _vertex_property(_read_ply(path), path, "label").astype(np.int64)
+    if num_vertices is not None and len(labels) != num_vertices:
+        raise DataFormatError(path, f"{len(labels)} vertices, but the mesh has {num_vertices}", field="label")
+    return labels
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataFormatError(path, "file is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(path, f"not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise DataFormatError(path, f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_segs(path: str | Path, num_vertices: int | None = None) -> np.ndarray:
+    """Read ``segIndices`` of ``<scan>_vh_clean_2.0.010000.segs.json`` as (N,) int64 (ids not compacted)."""
+    path = Path(path)
+    data = _read_json(path)
+    if "segIndices" not in data:
+        raise DataFormatError(path, "key missing", field="segIndices")
+    try:
+        seg = np.asarray(data["segIndices"], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DataFormatError(path, "must be a list of integers", field="segIndices") from e
+    if seg.ndim != 1:
+        raise DataFormatError(path, "must be a flat list", field="segIndices")
+    if num_vertices is not None and len(seg) != num_vertices:
+        raise DataFormatError(path, f"{len(seg)} entries, but the mesh has {num_vertices} vertices",
+                              field="segIndices")
+    return seg
+
+
+def read_aggregation(path: str | Path) -> list[SegGroup]:
+    """Read the ``segGroups`` of ``<scan>.aggregation.json``; checks ``id == objectId`` (spec §1.5)."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data.get("segGroups"), list):
+        raise DataFormatError(path, "key missing or not a list", field="segGroups")
+    groups = []
+    for i, g in enumerate(data["segGroups"]):
+        record = f"segGroups[{i}]"
+        if not isinstance(g, dict):
+            raise DataFormatError(path, "must be an object", record=record)
+        for key in ("id", "label", "segments"):
+            if key not in g:
+                raise DataFormatError(path, "key missing", record=record, field=key)
+        try:
+            gid = int(g["id"])
+            oid = int(g.get("objectId", gid))
+            segments = [int(s) for s in g["segments"]]
+        except (TypeError, ValueError) as e:
+            raise DataFormatError(path, f"must hold integers ({e})", record=record, field="id/objectId/segments") from e
+        if gid != oid:
+            # ScanRefer object ids are objectId; the original pipeline writes id. They must agree.
+            raise DataFormatError(path, f"id {gid} != objectId {oid}", record=record, field="objectId")
+        groups.append(SegGroup(id=gid, object_id=oid, label=str(g["label"]), segments=segments))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------- writers
+def _vertex_array(xyz: np.ndarray, rgb: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+              ("alpha", "u1")]
+    extra = extra or {}
+    fields += [(k, v.dtype.str) for k, v in extra.items()]
+    v = np.empty(len(xyz), dtype=fields)
+    v["x"], v["y"], v["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    v["red"], v["green"], v["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    v["alpha"] = 255
+    for k, arr in extra.items():
+        v[k] = arr
+    return v
+
+
+def _face_element(faces: np.ndarray) -> PlyElement:
+    f = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
+    f["vertex_indices"] = faces.astype(np.int32)
+    return PlyElement.describe(f, "face", len_types={"vertex_indices": "u1"}, val_types={"vertex_indices": "i4"})
+
+
+def _write_atomic_ply(path: Path, elements: list[PlyElement]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    PlyData(elements, text=False, byte_order="<").write(str(tmp))
+    tmp.replace(path)
+
+
+def write_mesh(path: str | Path, mesh: Mesh) -> None:
+    """Write ``<scan>_vh_clean_2.ply`` (binary little-endian, ScanNet's property layout)."""
+    v = PlyElement.describe(_vertex_array(mesh.xyz.astype(np.float32), mesh.rgb.astype(np.uint8)), "vertex")
+    _write_atomic_ply(Path(path), [v, _face_element(mesh.faces)])
+
+
+def write_labels(path: str | Path, mesh: Mesh, nyu40: np.ndarray, label_rgb: np.ndarray | None = None) -> None:
+    """Write ``<scan>_vh_clean_2.labels.ply``: the mesh with a uint16 NYU40 ``label`` per vertex.
+
+    ``label_rgb`` (N, 3) uint8 are the visualisation colours ScanNet stores there (grey if None).
+    """
+    rgb = label_rgb if label_rgb is not None else np.full((len(mesh.xyz), 3), 128, np.uint8)
+    v = _vertex_array(mesh.xyz.astype(np.float32), rgb, {"label": nyu40.astype(np.uint16)})
+    _write_atomic_ply(Path(path), [PlyElement.describe(v, "vertex"), _face_element(mesh.faces)])
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
+
+
+def write_segs(path: str | Path, scene_id: str, seg_indices: np.ndarray, k_thresh: float = 0.01,
+               seg_min_verts: int = 20) -> None:
+    """Write ``<scan>_vh_clean_2.0.010000.segs.json`` with ScanNet's keys (params stored as strings)."""
+    params = {"kThresh": f"{k_thresh:g}", "segMinVerts": str(seg_min_verts), "minPoints": "750",
+              "maxPoints": "5000", "thinThresh": "0.05", "flatThresh": "0.001", "minLength": "0.02",
+              "maxLength": "1"}
+    _write_json(Path(path), {"params": params, "sceneId": scene_id,
+                             "segIndices": [int(s) for s in seg_indices]})
+
+
+def write_aggregation(path: str | Path, scene_id: str, groups: list[SegGroup]) -> None:
+    """Write ``<scan>.aggregation.json`` with ScanNet's keys."""
+    _write_json(Path(path), {
+        "sceneId": f"scannet.{scene_id}", "appId": "grounding-toolkit.synthetic",
+        "segmentsFile": f"scannet.{scene_id}{SEGS_SUFFIX}",
+        "segGroups": [{"id": g.id, "objectId": g.object_id, "label": g.label, "segments": list(g.segments)}
+                      for g in groups],
+    })

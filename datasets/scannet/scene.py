@@ -1,0 +1,101 @@
+"""A prepared scene: one folder of per-vertex arrays (data spec §2), the common input of every 3D task.
+
+Folder layout (``<out>/<scene_id>/``)::
+
+    coord.npy       (N, 3) float32  metres, vertex xyz minus the per-scene mean (no axis alignment)
+    color.npy       (N, 3) uint8    vertex RGB as stored in the mesh (the model maps it to [-1, 1])
+    superpoint.npy  (N,)   int64    mesh segment id compacted to 0..K-1
+    semantic.npy    (N,)   int64    ScanNet-20 class id 0..19, -100 = ignore
+    instance.npy    (N,)   int64    aggregation segGroup id (= ScanRefer object_id), -1 = unannotated
+    meta.json       {"scene_id", "preparer_version", "num_points", "num_superpoints", "source", ...}
+
+Colours are stored as uint8 (4x smaller than float32) and converted by the transforms, which is
+where the original pipeline's ``rgb / 127.5 - 1`` belongs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.errors import DataFormatError
+
+PREPARER_VERSION = 1
+ARRAYS = {"coord": (np.float32, 2), "color": (np.uint8, 2), "superpoint": (np.int64, 1),
+          "semantic": (np.int64, 1), "instance": (np.int64, 1)}
+
+
+@dataclass
+class PreparedScene:
+    """Per-vertex arrays of one scene (shapes and frames in the module docstring)."""
+
+    scene_id: str
+    coord: np.ndarray
+    color: np.ndarray
+    superpoint: np.ndarray | None
+    semantic: np.ndarray
+    instance: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_points(self) -> int:
+        return len(self.coord)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the folder; arrays first, ``meta.json`` last (its presence marks a complete scene)."""
+        folder = Path(out_dir) / self.scene_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)
+        for name, (dtype, _) in ARRAYS.items():
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            tmp = folder / f".{name}.tmp.npy"
+            np.save(tmp, np.ascontiguousarray(arr, dtype=dtype))
+            os.replace(tmp, folder / f"{name}.npy")
+        meta = {"scene_id": self.scene_id, "preparer_version": PREPARER_VERSION, "num_points": self.num_points,
+                "num_superpoints": None if self.superpoint is None else int(self.superpoint.max(initial=-1) + 1),
+                **self.meta}
+        tmp = folder / ".meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, folder / "meta.json")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, require_superpoints: bool = True) -> PreparedScene:
+        """Load a prepared scene folder, checking every array's dtype and length against ``coord``."""
+        folder = Path(folder)
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            raise DataFormatError(folder, "not a prepared scene (meta.json missing: preparation did not finish)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataFormatError(meta_path, f"not valid JSON ({e})") from e
+        arrays: dict[str, np.ndarray | None] = {}
+        for name, (dtype, ndim) in ARRAYS.items():
+            path = folder / f"{name}.npy"
+            if not path.is_file():
+                if name == "superpoint" and not require_superpoints:
+                    arrays[name] = None
+                    continue
+                hint = (" (this scene has no superpoints: prepare it from the ScanNet raw files, which carry "
+                        "segs.json, or compute superpoints for it)" if name == "superpoint" else "")
+                raise DataFormatError(path, "file is missing" + hint)
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise DataFormatError(path, f"not a readable .npy file ({e})") from e
+            if arr.ndim != ndim or arr.dtype != dtype:
+                raise DataFormatError(path, f"expected {ndim}-d {np.dtype(dtype).name}, got {arr.ndim}-d {arr.dtype}")
+            arrays[name] = arr
+        n = len(arrays["coord"])
+        for name, arr in arrays.items():
+            if arr is not None and len(arr) != n:
+                raise DataFormatError(folder / f"{name}.npy", f"{len(arr)} rows, but coord.npy has {n}")
+        return cls(scene_id=meta.get("scene_id", folder.name), meta=meta, **arrays)
