@@ -68,7 +68,7 @@ def read_label_tsv(path: str | Path) -> dict[str, LabelRow]:
                               "scannetv2-labels.combined.tsv beside the scans)")
     rows: dict[str, LabelRow] = {}
     with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)  # split on tabs only, as ScanRefer does
         header = next(reader, None)
         if header is None or len(header) < 8:
             raise DataFormatError(path, "expected a tab-separated header with at least 8 columns", record="line 1")

@@ -96,6 +96,10 @@ def read_mesh(path: str | Path) -> Mesh:
         raise DataFormatError(path, "non-finite coordinate", record=f"vertex {bad}", field="x/y/z")
     faces = np.zeros((0, 3), dtype=np.int64)
     if "face" in [e.name for e in ply.elements]:
+        face_props = [prop.name for prop in ply["face"].properties]
+        if "vertex_indices" not in face_props:
+            raise DataFormatError(path, f"face property missing (has {face_props})", record="face",
+                                  field="vertex_indices")
         raw = ply["face"]["vertex_indices"]
         if len(raw):
             try:
@@ -106,16 +110,21 @@ def read_mesh(path: str | Path) -> Mesh:
             if faces.ndim != 2 or faces.shape[1] != 3:
                 raise DataFormatError(path, f"faces must be triangles, got shape {faces.shape}", record="face",
                                       field="vertex_indices")
-            if faces.min() < 0 or faces.max() >= len(xyz):
-                raise DataFormatError(path, f"face index out of range 0..{len(xyz) - 1}", record="face",
-                                      field="vertex_indices")
+            bad = np.flatnonzero(((faces < 0) | (faces >= len(xyz))).any(1))
+            if len(bad):
+                raise DataFormatError(path, f"vertex index {faces[bad[0]].tolist()} out of range 0..{len(xyz) - 1}",
+                                      record=f"face {int(bad[0])}", field="vertex_indices")
     return Mesh(xyz=xyz, rgb=rgb.astype(np.uint8), faces=faces)
 
 
 def read_labels(path: str | Path, num_vertices: int | None = None) -> np.ndarray:
     """Read the NYU40 ``label`` of every vertex of ``<scan>_vh_clean_2.labels.ply`` as (N,) int64."""
     path = Path(path)
-    labels = _vertex_property(_read_ply(path), path, "label").astype(np.int64)
+    labels = _vertex_property(_read_ply(path), path, "label")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataFormatError(path, f"NYU40 labels must be integers, got {labels.dtype}", record="vertex",
+                              field="label")
+    labels = labels.astype(np.int64)
     if num_vertices is not None and len(labels) != num_vertices:
         raise DataFormatError(path, f"{len(labels)} vertices, but the mesh has {num_vertices}", field="label")
     return labels
@@ -139,10 +148,13 @@ def read_segs(path: str | Path, num_vertices: int | None = None) -> np.ndarray:
     data = _read_json(path)
     if "segIndices" not in data:
         raise DataFormatError(path, "key missing", field="segIndices")
-    try:
-        seg = np.asarray(data["segIndices"], dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise DataFormatError(path, "must be a list of integers", field="segIndices") from e
+    raw = data["segIndices"]
+    if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        first = next((i for i, v in enumerate(raw) if not isinstance(v, int) or isinstance(v, bool)), None) \
+            if isinstance(raw, list) else None
+        raise DataFormatError(path, "must be a list of integers" + (f" (entry {first} is {raw[first]!r})"
+                              if first is not None else ""), field="segIndices")
+    seg = np.asarray(raw, dtype=np.int64)
     if seg.ndim != 1:
         raise DataFormatError(path, "must be a flat list", field="segIndices")
     if num_vertices is not None and len(seg) != num_vertices:

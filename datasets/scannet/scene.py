@@ -54,13 +54,15 @@ class PreparedScene:
         for name, (dtype, _) in ARRAYS.items():
             arr = getattr(self, name)
             if arr is None:
+                (folder / f"{name}.npy").unlink(missing_ok=True)  # never leave another scene's array behind
                 continue
             tmp = folder / f".{name}.tmp.npy"
             np.save(tmp, np.ascontiguousarray(arr, dtype=dtype))
             os.replace(tmp, folder / f"{name}.npy")
-        meta = {"scene_id": self.scene_id, "preparer_version": PREPARER_VERSION, "num_points": self.num_points,
-                "num_superpoints": None if self.superpoint is None else int(self.superpoint.max(initial=-1) + 1),
-                **self.meta}
+        # Derived fields last: a scene loaded from an older preparer is re-saved with the current version.
+        meta = {**self.meta, "scene_id": self.scene_id, "preparer_version": PREPARER_VERSION,
+                "num_points": self.num_points,
+                "num_superpoints": None if self.superpoint is None else int(self.superpoint.max(initial=-1) + 1)}
         tmp = folder / ".meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(tmp, folder / "meta.json")

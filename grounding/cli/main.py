@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_hydra_job(sub, "train", "Train a model.")
     _add_hydra_job(sub, "eval", "Evaluate a checkpoint; writes metrics.json and predictions.jsonl.")
+    from grounding.cli import bench, prepare  # light modules: heavy imports happen inside run()
+
+    prepare.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 
@@ -60,8 +64,30 @@ def _run_hydra_job(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from datasets.errors import DataFormatError
+
+    try:
+        return _dispatch(args)
+    except (FileNotFoundError, DataFormatError) as e:
+        # Bad input (a missing file, a malformed record): the message names file, record and field;
+        # a traceback would only hide it. Programming errors still raise with their traceback.
+        if os.environ.get("GROUNDING_TRACEBACK"):
+            raise
+        print(f"grounding {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("train", "eval"):
         return _run_hydra_job(args)
+    if args.command == "prepare":
+        from grounding.cli import prepare
+
+        return prepare.run(args)
+    if args.command == "bench":
+        from grounding.cli import bench
+
+        return bench.run(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 
 

@@ -89,6 +89,15 @@ class GroundingTask(L.LightningModule):
         self.log(f"{stage}/loss", loss.detach(), on_step=on_step, on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=not on_step)
 
+    # ------------------------------------------------------------------ epochs
+    def on_train_epoch_start(self) -> None:
+        # Datasets that augment draw their randomness from (seed, epoch, index); Lightning only tells
+        # samplers the epoch, so tell the dataset too (before this epoch's loader iterator starts).
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
     # ------------------------------------------------------------------ steps
     def forward(self, batch: Any) -> Any:
         return self.model(batch)

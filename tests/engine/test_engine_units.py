@@ -71,3 +71,26 @@ def test_records_round_trip_and_bad_line(tmp_path: Path) -> None:
     bad.write_text('{"sample_id": "a"}\n{oops\n')
     with pytest.raises(ValueError, match=r"p\.jsonl: line 2"):
         read_jsonl(bad)
+
+
+class _EpochAwareToy(ToyDataset):
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_dataset_is_told_the_epoch(tmp_path: Path) -> None:
+    import lightning as L
+
+    from grounding.engine import GroundingDataModule
+
+    train = _EpochAwareToy(size=8)
+    dm = GroundingDataModule(train=train, val=ToyDataset(size=2, seed=1), batch_size=4)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        use_distributed_sampler=False)
+    trainer.fit(_task(), datamodule=dm)
+    assert train.epochs == [0, 1, 2]
