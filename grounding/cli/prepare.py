@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         from datasets.synthetic import generate_synthetic
 
         gen = generate_synthetic(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
-        print(gen.summary() if hasattr(gen, "summary") else gen)
+        print(gen.summary())
         report = prepare_scannet(Path(args.out) / "raw", Path(args.out) / "scenes", workers=args.workers,
                                  force=args.force)
     print(report.summary())
