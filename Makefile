@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 # The stamp records the hash of pyproject.toml: a second `make setup` on a ready machine only
 # compares hashes and checks the system libraries, so it takes a few seconds.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-SYSLIBS := libusb-1.0-0 libgl1 libegl1 libgomp1
+# Open3D: libusb (import), GL/EGL, OpenMP; its offscreen renderer uses Vulkan, on CPU-only machines through
+# Mesa's lavapipe driver (mesa-vulkan-drivers).
+SYSLIBS := libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers
 PYTEST_ARGS ?=
 
 .PHONY: setup syslibs test demo lint clean-venv

@@ -30,12 +30,14 @@ class GroundingDataModule(L.LightningDataModule):
         num_workers: loader worker processes; workers are seeded from ``seed``.
         seed: seed of the training shuffle (the same order on every run and every world size).
         drop_last: drop the last incomplete training batch.
+        pin_memory: pin host memory of batches (CUDA).
+        root: the dataset's folder; only recorded (configs interpolate their paths from it).
     """
 
     def __init__(self, train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None,
                  collate_fn: Callable[[list[Any]], Any] | None = None, batch_size: int = 1,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 drop_last: bool = False, pin_memory: bool = False) -> None:
+                 drop_last: bool = False, pin_memory: bool = False, root: str | None = None) -> None:
         super().__init__()
         self.datasets = {"train": train, "val": val, "test": test}
         self.collate_fn = collate_fn
@@ -45,6 +47,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        self.root = root
 
     def _dataset(self, split: str) -> Dataset:
         ds = self.datasets[split]
