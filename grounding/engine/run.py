@@ -97,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (set ckpt_path=<file>)")
     start = time.time()
     trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    metrics = dict(task.last_test_metrics)
+    metrics = nest_metrics(task.last_test_metrics)
     result = {
         "split": split,
         "checkpoint": str(ckpt) if ckpt else None,
@@ -112,11 +112,31 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def nest_metrics(flat: dict[str, float]) -> dict[str, Any]:
+    """``{"overall/mIoU": v}`` -> ``{"overall": {"miou": v}}`` (metrics.json layout; names lower-cased).
+
+    Names without a group stay at the top level.
+    """
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        group, _, name = key.rpartition("/")
+        (out.setdefault(group, {}) if group else out)[name.lower()] = value
+    return out
+
+
 def format_metrics(result: dict[str, Any]) -> str:
-    """A table of ``name  value  definition`` lines for the terminal."""
-    defs = result.get("definitions", {})
-    lines = []
-    for name, value in sorted(result["metrics"].items()):
-        base = name.split("/")[-1]
-        lines.append(f"{name:<28} {value:>10.4f}   {defs.get(base, '')}")
+    """A table for the terminal: one row per group, one column per metric, then each metric's definition."""
+    metrics = result["metrics"]
+    groups = {g: v for g, v in metrics.items() if isinstance(v, dict)}
+    if not groups:
+        return ""
+    names = list(next(iter(groups.values())).keys())
+    names = [n for n in names if n != "count"] + (["count"] if "count" in names else [])
+    lines = [f"{'group':<12}" + "".join(f"{n:>11}" for n in names)]
+    for group, values in groups.items():
+        cells = "".join(f"{values[n]:>11.0f}" if n == "count" else f"{values.get(n, float('nan')):>11.2f}"
+                        for n in names)
+        lines.append(f"{group:<12}" + cells)
+    defs = {k.lower(): v for k, v in result.get("definitions", {}).items()}
+    lines += ["", "definitions:"] + [f"  {n}: {defs[n]}" for n in names if n in defs]
     return "\n".join(lines)

@@ -121,7 +121,13 @@ class GroundingTask(L.LightningModule):
         predictions = self.postprocess(outputs, batch)
         metric.update(predictions, batch)
         if keep_records:
-            self.pending_records.extend(p.to_record() for p in predictions)
+            records = [p.to_record() for p in predictions]
+            # Evaluators that score samples one by one expose the batch's scores: record them per sample.
+            scores = getattr(metric, "last_ious", None)
+            if scores is not None and len(scores) == len(records):
+                for record, iou in zip(records, scores.tolist()):
+                    record["iou"] = iou
+            self.pending_records.extend(records)
         return predictions
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TOY_CONFIGS
 
@@ -53,11 +54,16 @@ def test_train_checkpoint_resume_eval(tmp_path: Path) -> None:
     result = run.evaluate(cfg)
     saved = json.loads((eval_dir / "metrics.json").read_text())
     assert saved["metrics"] == result["metrics"]
-    assert saved["metrics"]["overall/count"] == 11
-    assert saved["metrics"]["overall/mIoU"] > 60.0, saved["metrics"]
+    overall = saved["metrics"]["overall"]
+    assert set(saved["metrics"]) == {"overall", "unique", "multiple"}
+    assert set(overall) == {"miou", "oiou", "acc@0.25", "acc@0.5", "count"}
+    assert overall["count"] == 11 and overall["miou"] > 60.0, overall
+    assert saved["metrics"]["unique"]["count"] + saved["metrics"]["multiple"]["count"] == 11
     assert "IoU" in saved["definitions"]["mIoU"] and ">" in saved["definitions"]["Acc@0.5"]
     records = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
     assert [r["sample_id"] for r in records] == [f"s1_{i:04d}" for i in range(11)]
+    # per-sample IoUs average to the reported mIoU
+    assert sum(r["iou"] for r in records) / 11 * 100 == pytest.approx(overall["miou"], abs=1e-6)
 
 
 def test_same_seed_same_result(tmp_path: Path) -> None:
