@@ -52,6 +52,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task)
+    # Constructors never load checkpoints (ARCHITECTURE.md); models that start from pretrained weights
+    # (e.g. an SPFormer backbone) load them here, with a strict key report.
+    if hasattr(task.model, "load_pretrained"):
+        task.model.load_pretrained()
     return task, datamodule
 
 

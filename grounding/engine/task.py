@@ -154,12 +154,53 @@ class GroundingTask(L.LightningModule):
         return batch.to(device) if hasattr(batch, "to") else super().transfer_batch_to_device(
             batch, device, dataloader_idx)
 
+    # ------------------------------------------------------------------ checkpoints
+    def _exempt_prefixes(self) -> list[str]:
+        """State-dict prefixes of submodules that rebuild their own weights (frozen pretrained encoders)."""
+        return [f"{name}." for name, m in self.named_modules() if name and getattr(m, "checkpoint_exempt", False)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = tuple(self._exempt_prefixes())
+        if prefixes:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(prefixes)]:
+                del state[key]
+            checkpoint["exempt_prefixes"] = list(prefixes)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Put the exempt weights back from this freshly built module, so the strict load that follows
+        # still reports every other missing or unexpected key.
+        prefixes = tuple(checkpoint.get("exempt_prefixes", ()))
+        if prefixes:
+            state = checkpoint["state_dict"]
+            for key, value in self.state_dict().items():
+                if key.startswith(prefixes) and key not in state:
+                    state[key] = value
+
     # ------------------------------------------------------------------ optim
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters, grouped by ``model.param_groups()`` when the model defines lr scales.
+
+        A model may return ``[{"params": [...], "lr_scale": 0.01, "name": "backbone"}, ...]``; every
+        trainable parameter must appear in exactly one group.
+        """
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if not hasattr(self.model, "param_groups"):
+            return [{"params": trainable, "lr_scale": 1.0, "name": "all"}] if trainable else []
+        groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in self.model.param_groups()]
+        grouped = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in trainable if id(p) not in grouped]
+        if rest:
+            groups.append({"params": rest, "lr_scale": 1.0, "name": "rest"})
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
+        groups = self._param_groups()
+        if not groups:
             raise ValueError("the model has no trainable parameters (is everything frozen?)")
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:  # base lr from config x the group's scale
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -243,6 +243,11 @@ class TextEncoder(nn.Module):
         """Hidden size C of the encoder."""
         return int(self.model.config.hidden_size)
 
+    @property
+    def checkpoint_exempt(self) -> bool:
+        """Frozen weights are rebuilt from ``name_or_path`` at construction, so checkpoints leave them out."""
+        return self.frozen
+
     def train(self, mode: bool = True) -> TextEncoder:
         """Set train mode; a frozen encoder always stays in eval mode (dropout off)."""
         return super().train(mode and not self.frozen)

@@ -94,3 +94,27 @@ def test_dataset_is_told_the_epoch(tmp_path: Path) -> None:
                         use_distributed_sampler=False)
     trainer.fit(_task(), datamodule=dm)
     assert train.epochs == [0, 1, 2]
+
+
+def test_param_groups_scale_the_learning_rate() -> None:
+    task = _task()
+    task.model.param_groups = lambda: [{"params": list(task.model.mlp[0].parameters()), "lr_scale": 0.01,
+                                        "name": "first"}]
+    opt = task.configure_optimizers()
+    lrs = sorted((g["name"], g["lr"]) for g in opt.param_groups)
+    assert lrs == [("first", pytest.approx(0.001)), ("rest", pytest.approx(0.1))]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(task.parameters()))
+
+
+def test_exempt_weights_stay_out_of_checkpoints() -> None:
+    task = _task()
+    task.model.mlp[0].checkpoint_exempt = True
+    ckpt = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(ckpt)
+    assert not any(k.startswith("model.mlp.0.") for k in ckpt["state_dict"])
+    assert "model.mlp.2.weight" in ckpt["state_dict"]
+    fresh = _task()
+    fresh.model.mlp[0].checkpoint_exempt = True
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"], strict=True)  # strict: nothing else may be missing
+    assert torch.equal(fresh.model.mlp[2].weight, task.model.mlp[2].weight)
