@@ -112,20 +112,21 @@ class RGSAN(nn.Module):
         log.info("RG-SAN backbone: %s", report.summary())
         return report
 
-    def param_groups(self, base_lr: float) -> list[dict]:
-        """Optimizer parameter groups with the per-module learning rates of spec §8.
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups with the per-module learning-rate scales of spec §8.
 
-        Backbone ``base_lr * backbone_lr_mult`` (0.01), text encoder ``base_lr * text_lr_mult`` (0.001; empty when
-        frozen), everything else ``base_lr``. Only parameters with ``requires_grad``; empty groups are omitted.
-        Each group carries a ``name`` for the learning-rate monitor.
+        The engine's contract (``GroundingTask``): each group has ``params``, ``lr_scale`` (multiplied into the
+        configured base lr) and a ``name`` for the learning-rate monitor. Backbone ×``backbone_lr_mult`` (0.01),
+        text encoder ×``text_lr_mult`` (0.001; absent when frozen), everything else ×1. Only parameters with
+        ``requires_grad``; empty groups are omitted.
         """
         groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "decoder": []}
         for name, p in self.named_parameters():
             if p.requires_grad:
                 top = name.split(".", 1)[0]
                 groups[top if top in ("backbone", "text_encoder") else "decoder"].append(p)
-        mult = {"backbone": self.backbone_lr_mult, "text_encoder": self.text_lr_mult, "decoder": 1.0}
-        return [{"params": ps, "lr": base_lr * mult[k], "name": k} for k, ps in groups.items() if ps]
+        scale = {"backbone": self.backbone_lr_mult, "text_encoder": self.text_lr_mult, "decoder": 1.0}
+        return [{"params": ps, "lr_scale": scale[k], "name": k} for k, ps in groups.items() if ps]
 
     @property
     def rule_counts(self) -> dict[str, int]:

@@ -168,9 +168,9 @@ def test_flags_change_the_model(scenes: Path, encoder: TextEncoder) -> None:
 
 def test_param_groups_and_lazy_pretrained_loading(scenes: Path, encoder: TextEncoder, tmp_path: Path) -> None:
     model = build(encoder, backbone_checkpoint=str(tmp_path / "not_yet.pth"))  # nothing is read in __init__
-    groups = {g["name"]: g for g in model.param_groups(1e-4)}
+    groups = {g["name"]: g for g in model.param_groups()}
     assert set(groups) == {"backbone", "decoder"}  # frozen text encoder: no group
-    assert math.isclose(groups["backbone"]["lr"], 1e-6) and groups["decoder"]["lr"] == 1e-4
+    assert math.isclose(groups["backbone"]["lr_scale"], 0.01) and groups["decoder"]["lr_scale"] == 1.0
     ids = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters() if p.requires_grad)
     source = SparseUNet(levels=3)
@@ -270,7 +270,8 @@ def test_overfits_one_scene(scenes: Path, encoder: TextEncoder) -> None:
     batch = batch_of(scenes, RECORDS[:4])  # one scene, four colours, target word "box" for all
     model = build(encoder, seed=1).train()
     criterion = RGSANCriterion()
-    opt = torch.optim.AdamW(model.param_groups(1e-3), weight_decay=0.0)
+    groups = [dict(g, lr=1e-3 * g["lr_scale"]) for g in model.param_groups()]  # as GroundingTask does
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     losses = []
     for _ in range(100):  # ~25 s on 2 cores; at lr 1e-3 all four masks are exact from step ~90
         loss = weighted(criterion(model(batch), batch))
