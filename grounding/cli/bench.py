@@ -19,6 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--work-dir", type=Path, default=None, help="where the generated scans are cached")
+    r = kinds.add_parser("rgsan", help="RG-SAN forward latency per scene / description and peak memory")
+    r.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
+    r.add_argument("--descriptions", type=int, default=64)
+    r.add_argument("--repeats", type=int, default=5)
+    r.add_argument("--precision", default="32", choices=["32", "16-mixed"])
+    r.add_argument("--work-dir", type=Path, default=None, help="where the generated scans are cached")
+    r.add_argument("overrides", nargs="*", help="hydra overrides of the model, e.g. model.net.use_rpe=false")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,4 +40,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"scenes: {r['scenes']}, median points: {r['median_points']:.0f}")
         print(f"prepare: median {r['median_seconds']:.3f} s/scene, max {r['max_seconds']:.3f} s, "
               f"{r['points_per_second'] / 1e3:.0f}k points/s, peak RSS {r['peak_rss_mib']:.0f} MiB (one core)")
+    elif args.bench == "rgsan":
+        import torch
+
+        from grounding.bench.rgsan import bench_rgsan
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        r = bench_rgsan(device, repeats=args.repeats, descriptions=args.descriptions, work_dir=args.work_dir,
+                        overrides=args.overrides, precision=args.precision)
+        print(header(command))
+        print(f"scene {r['scene']}: {r['points']} points, {r['voxels']} voxels, {r['superpoints']} superpoints, "
+              f"{r['descriptions']} descriptions; text encoder {r['text_encoder']}; {r['device']} {r['precision']}")
+        print(f"forward (median of {r['repeats']}): {r['seconds_per_scene']:.3f} s/scene, "
+              f"{1e3 * r['seconds_per_description']:.1f} ms/description "
+              f"(backbone {r['backbone_seconds']:.3f} s, text + decoder {r['rest_seconds']:.3f} s)")
+        growth = "" if r["peak_growth_mib"] is None else f" (+{r['peak_growth_mib']:.0f} MiB during the forwards)"
+        print(f"peak memory: {r['peak_mib']:.0f} MiB{growth}")
     return 0

@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_hydra_job(sub, "train", "Train a model.")
     _add_hydra_job(sub, "eval", "Evaluate a checkpoint; writes metrics.json and predictions.jsonl.")
-    from grounding.cli import bench, prepare  # light modules: heavy imports happen inside run()
+    from grounding.cli import bench, demo, prepare, render  # light modules: heavy imports happen inside run()
 
     prepare.add_parser(sub)
+    render.add_parser(sub)
     bench.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 
@@ -84,6 +86,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from grounding.cli import prepare
 
         return prepare.run(args)
+    if args.command == "render":
+        from grounding.cli import render
+
+        return render.run(args)
+    if args.command == "demo":
+        from grounding.cli import demo
+
+        return demo.run(args)
     if args.command == "bench":
         from grounding.cli import bench
 

@@ -14,6 +14,8 @@ The module never names a dataset or a model; hydra wires them in.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -194,6 +196,23 @@ class GroundingTask(L.LightningModule):
             groups.append({"params": rest, "lr_scale": 1.0, "name": "rest"})
         return [g for g in groups if g["params"]]
 
+    def _run_length_kwargs(self) -> dict[str, int]:
+        """``total_steps`` for a schedule that takes it and lacks it (:mod:`grounding.engine.schedules`)."""
+        factory = self.scheduler_factory
+        func = getattr(factory, "func", factory)
+        given = getattr(factory, "keywords", {}) or {}
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            return {}
+        if "total_steps" not in params or given.get("total_steps") is not None:
+            return {}
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError("the schedule needs total_steps, but the run length is unbounded: set "
+                             "trainer.max_epochs or trainer.max_steps, or the schedule's total_steps")
+        return {"total_steps": int(steps)}
+
     def configure_optimizers(self) -> Any:
         groups = self._param_groups()
         if not groups:
@@ -203,7 +222,7 @@ class GroundingTask(L.LightningModule):
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = self.scheduler_factory(optimizer, **self._run_length_kwargs())
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if self.monitor is not None:
             config["monitor"] = self.monitor

@@ -11,6 +11,12 @@ Every term is computed at superpoint level with padded superpoints excluded, for
 - ``loss_position``: L1 between the output word's position and ``gt_center`` (metres), mean over the valid
   coordinates; descriptions with the -1000 sentinel (no target superpoint) are excluded; 0 when none is valid
   or when the model runs without position refinement.
+
+Only when the model has the auxiliary semantic head (``RGSAN(aux_semantic_classes=C)``, not published):
+
+- ``loss_semantic``: cross-entropy of the superpoint class logits against each superpoint's majority ScanNet-20
+  label over its points (unlabelled points, -100, do not vote; superpoints without a labelled point are
+  ignored); computed once per batch, not per prediction.
 """
 
 from __future__ import annotations
@@ -24,6 +30,22 @@ from torch import Tensor, nn
 from datasets.refer3d import NO_CENTER
 
 IOU_EPS = 1e-6
+IGNORE = -100  # semantic label of unannotated points (data spec §2) and of superpoints without any
+
+
+def superpoint_majority(point_label: Tensor, superpoint: Tensor, num_sp: int, num_classes: int) -> Tensor:
+    """(S,) int64 majority label of each superpoint's points; ``IGNORE`` where no point has a label in [0, C).
+
+    Args:
+        point_label: (P,) int64 labels, ``IGNORE`` (or anything outside [0, C)) for unlabelled points.
+        superpoint: (P,) int64 superpoint id of each point, in [0, S).
+    """
+    ok = (point_label >= 0) & (point_label < num_classes)
+    counts = torch.zeros(num_sp * num_classes, dtype=torch.long, device=point_label.device)
+    counts.index_add_(0, superpoint[ok] * num_classes + point_label[ok], torch.ones_like(point_label[ok]))
+    counts = counts.view(num_sp, num_classes)
+    best = counts.argmax(1)  # ties -> the smallest class id, deterministically
+    return torch.where(counts.sum(1) > 0, best, torch.full_like(best, IGNORE))
 
 
 def superpoint_iou(logits: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
@@ -85,5 +107,12 @@ class RGSANCriterion(nn.Module):
             loss_position = ((err * has).sum((-1, -2)) / has.sum()).sum()
         else:
             loss_position = positions.new_zeros(())  # the engine still logs (and weights) the term
-        return {"loss_bce": loss_bce, "loss_dice": loss_dice, "loss_score": loss_score,
-                "loss_position": loss_position}
+        terms = {"loss_bce": loss_bce, "loss_dice": loss_dice, "loss_score": loss_score,
+                 "loss_position": loss_position}
+        sem = getattr(outputs, "sp_semantic_logits", None)
+        if sem is not None:
+            labels = superpoint_majority(batch.semantic.to(sem.device), batch.superpoint.to(sem.device),
+                                         sem.shape[0], sem.shape[1])
+            terms["loss_semantic"] = (F.cross_entropy(sem, labels, ignore_index=IGNORE) if bool((labels >= 0).any())
+                                      else sem.sum() * 0.0)
+        return terms

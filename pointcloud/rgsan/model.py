@@ -39,6 +39,8 @@ class RGSANOutputs:
         word_positions: (D, N, 3) metres, final positions of all nodes (inspection only).
         output_words: D words of the output queries; rules: D names of the target-word rule that fired.
         position_supervised: False when the model runs without position refinement (no position loss).
+        sp_semantic_logits: (S_total, C) superpoint class logits of the auxiliary semantic head, superpoints of all
+            scenes concatenated in batch order; None without the head (the published model).
     """
 
     pred_masks: Tensor
@@ -50,6 +52,7 @@ class RGSANOutputs:
     output_words: list[str]
     rules: list[str]
     position_supervised: bool = True
+    sp_semantic_logits: Tensor | None = None
 
 
 class RGSAN(nn.Module):
@@ -72,13 +75,18 @@ class RGSAN(nn.Module):
         backbone_checkpoint: SPFormer/RG-SAN checkpoint whose U-Net keys :meth:`load_pretrained` loads.
         backbone_lr_mult, text_lr_mult: learning-rate multipliers of :meth:`param_groups` (spec §8).
         parse_cache_size: parses (with their graphs) kept in the LRU cache, keyed by the description text.
+        aux_semantic_classes: C > 0 adds a linear superpoint classifier on the pooled backbone features, trained by
+            the criterion's ``loss_semantic`` against the superpoints' majority ScanNet-20 label. Not part of the
+            published model (0): it stands in for the semantic supervision that the published backbone received
+            in SPFormer pretraining, for backbones trained from scratch (configs/experiment/rgsan_synthetic.yaml).
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
                  ffn_dim: int = 1024, num_layers: int = 6, attn_mask_threshold: float = 0.1, max_words: int = 78,
                  parser_model: str | None = None, position_refinement: bool = True, rule_guided: bool = True,
                  use_rpe: bool = True, directed_laplacian: bool = True, backbone_checkpoint: str | None = None,
-                 backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000) -> None:
+                 backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
+                 aux_semantic_classes: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -87,6 +95,8 @@ class RGSAN(nn.Module):
             sp_channels=int(getattr(backbone, "out_channels", 32)), dim=d_model, num_heads=num_heads,
             ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
             attn_mask_threshold=attn_mask_threshold, position_refinement=position_refinement, use_rpe=use_rpe)
+        sp_channels = int(getattr(backbone, "out_channels", 32))
+        self.semantic_head = nn.Linear(sp_channels, aux_semantic_classes) if aux_semantic_classes > 0 else None
         self.parser = DependencyParser(model=parser_model, max_words=max_words)
         self.position_refinement = position_refinement
         self.rule_guided = rule_guided
@@ -193,4 +203,5 @@ class RGSAN(nn.Module):
             sp_padding=sp_pad[batch.desc_scene.to(device)], query_index=select, word_positions=out.word_positions,
             output_words=[p.words[k - 1] for p, k in zip(parses, index)],
             rules=[p.rule if self.rule_guided else "root_word" for p in parses],
-            position_supervised=self.position_refinement)
+            position_supervised=self.position_refinement,
+            sp_semantic_logits=self.semantic_head(sp) if self.semantic_head is not None else None)

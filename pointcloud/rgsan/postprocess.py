@@ -12,29 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from datasets.batch3d import ReferBatch3D
-
-
-def mask_to_rle(mask: Tensor) -> list[list[int]]:
-    """Run-length encoding of the True runs of a (N,) bool mask: ``[[start, length], ...]`` in index order."""
-    m = mask.detach().to("cpu", torch.int8).flatten()
-    edges = torch.diff(torch.cat([m.new_zeros(1), m, m.new_zeros(1)]))
-    starts = (edges == 1).nonzero().flatten()
-    ends = (edges == -1).nonzero().flatten()
-    return [[int(s), int(e - s)] for s, e in zip(starts, ends)]
-
-
-def rle_to_mask(rle: list[list[int]], size: int) -> Tensor:
-    """Inverse of :func:`mask_to_rle`: a (size,) bool mask. Raises ValueError on a run outside ``[0, size)``."""
-    out = torch.zeros(size, dtype=torch.bool)
-    for start, length in rle:
-        if start < 0 or length < 0 or start + length > size:
-            raise ValueError(f"rle_to_mask: run [{start}, {length}] does not fit a mask of {size} points")
-        out[start:start + length] = True
-    return out
+from datasets.pointmask import mask_to_rle, rle_to_mask  # noqa: F401  (rle_to_mask re-exported)
 
 
 @dataclass
@@ -43,6 +24,8 @@ class RGSANPrediction:
 
     Attributes:
         sample_id, scene_id, description: from the record.
+        gt_object_ids: the record's target object ids (ScanNet instance ids; the GT mask is their union), so
+            that ``grounding render`` can draw the ground truth from ``predictions.jsonl`` alone.
         target_word: the output query's word (the RTS target, or the root word without rule guidance).
         rule: the target-word rule that fired (``root_word`` without rule guidance).
         pred_mask: (N_original,) bool over the scene's points in the prepared scene's original order.
@@ -58,13 +41,14 @@ class RGSANPrediction:
     pred_mask: Tensor
     score: float
     position: list[float]
+    gt_object_ids: tuple[int, ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         """JSON-serialisable record; the mask as run-length pairs over original points."""
         return {"sample_id": self.sample_id, "scene_id": self.scene_id, "description": self.description,
                 "target_word": self.target_word, "rule": self.rule, "num_points": int(self.pred_mask.numel()),
                 "num_pred_points": int(self.pred_mask.sum()), "score": self.score, "position": self.position,
-                "pred_mask_rle": mask_to_rle(self.pred_mask)}
+                "gt_object_ids": list(self.gt_object_ids), "pred_mask_rle": mask_to_rle(self.pred_mask)}
 
 
 class RGSANPostprocess:
@@ -97,5 +81,5 @@ class RGSANPostprocess:
                     sample_id=rec.sample_id, scene_id=rec.scene_id, description=rec.description,
                     target_word=outputs.output_words[j], rule=outputs.rules[j],
                     pred_mask=batch.to_original_points(point_masks[j - first], b, fill=False).cpu(),
-                    score=scores[j], position=positions[j]))
+                    score=scores[j], position=positions[j], gt_object_ids=tuple(rec.object_ids)))
         return predictions

@@ -308,3 +308,28 @@ def test_words_beyond_the_token_budget_warn_and_stay_finite(scenes: Path, caplog
         out = model(batch)
     assert "got no text feature" in caplog.text
     assert torch.isfinite(out.pred_masks).all()
+
+
+# ---------------------------------------------------------------------------------------------------- auxiliary
+def test_superpoint_majority_by_hand() -> None:
+    from pointcloud.rgsan.criterion import IGNORE, superpoint_majority
+
+    label = torch.tensor([3, 3, 1, -100, -100, 2, 2, 5, 0])
+    sp = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2, 3])
+    # sp0: 3 x2, 1 x1 (the unlabelled point does not vote); sp1: nothing labelled; sp2: 2 x2 beats 5 x1; sp3: 0
+    assert superpoint_majority(label, sp, 5, 4).tolist() == [3, IGNORE, 2, 0, IGNORE]  # 5 >= C: unlabelled
+
+
+def test_semantic_head_adds_a_trainable_loss_term(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS)
+    plain = build(encoder)
+    assert "loss_semantic" not in RGSANCriterion()(plain(batch), batch)  # the published model: no such term
+    model = build(encoder, aux_semantic_classes=20).train()
+    out = model(batch)
+    assert out.sp_semantic_logits.shape == (int(batch.sp_offsets[-1]), 20)
+    terms = RGSANCriterion()(out, batch)
+    assert terms["loss_semantic"].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(out.sp_semantic_logits, torch.full((out.sp_semantic_logits.shape[0],), 4))
+        .item(), rel=1e-5)  # every point of these scenes has ScanNet-20 label 4
+    terms["loss_semantic"].backward()
+    assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0  # it reaches the backbone
