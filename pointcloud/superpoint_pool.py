@@ -154,3 +154,29 @@ def pool_padded(point_feats: Tensor, superpoint: Tensor, sp_offsets: Tensor, red
     feats, valid = pad_by_offsets(pooled, sp_offsets)
     counts, _ = pad_by_offsets(superpoint_counts(superpoint, total), sp_offsets)
     return feats, counts, valid
+
+
+SUPERPOINT_GEOMETRY_DIM = 7
+
+
+def superpoint_geometry(feat: Tensor, superpoint: Tensor, point_scene: Tensor, num_superpoints: int) -> Tensor:
+    """Hand-made descriptors of every superpoint, from its points alone (no learning).
+
+    Args:
+        feat: (P, 6) ``[colour in [-1, 1], xyz_middle in metres, z-up]`` (the batch's ``feat``).
+        superpoint: (P,) int64 global superpoint id; point_scene: (P,) int64 scene index of each point.
+
+    Returns:
+        (S, 7) float: mean colour (3), height of the centre and of the top above the scene's lowest point (2),
+        horizontal spread ``sqrt(var x + var y)`` and vertical spread ``std z`` (2), in metres except colour.
+        Rotation about z leaves every column unchanged, so the training augmentation does not disturb them.
+    """
+    colour, xyz = feat[:, :3], feat[:, 3:6]
+    num_scenes = int(point_scene.max()) + 1 if point_scene.numel() else 0
+    floor = xyz.new_full((num_scenes,), float("inf")).scatter_reduce(0, point_scene, xyz[:, 2], "amin")
+    height = xyz[:, 2] - floor[point_scene]
+    mean = superpoint_pool(torch.cat([colour, height[:, None], xyz, xyz * xyz], 1), superpoint, num_superpoints)
+    top = xyz.new_full((num_superpoints,), float("-inf")).scatter_reduce(0, superpoint, height, "amax")
+    var = (mean[:, 7:10] - mean[:, 4:7] ** 2).clamp_min(0)
+    spread = torch.stack([(var[:, 0] + var[:, 1]).sqrt(), var[:, 2].sqrt()], 1)
+    return torch.cat([mean[:, :4], top.clamp_min(0)[:, None], spread], 1)

@@ -20,7 +20,13 @@ from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncod
 from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
 from pointcloud.rgsan.tlm import TextLocalizationModule
-from pointcloud.superpoint_pool import pad_by_offsets, superpoint_pool, voxel_to_point
+from pointcloud.superpoint_pool import (
+    SUPERPOINT_GEOMETRY_DIM,
+    pad_by_offsets,
+    superpoint_geometry,
+    superpoint_pool,
+    voxel_to_point,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,9 @@ class RGSAN(nn.Module):
             the criterion's ``loss_semantic`` against the superpoints' majority ScanNet-20 label. Not part of the
             published model (0): it stands in for the semantic supervision that the published backbone received
             in SPFormer pretraining, for backbones trained from scratch (configs/experiment/rgsan_synthetic.yaml).
+        superpoint_geometry: append :func:`pointcloud.superpoint_pool.superpoint_geometry` (mean colour, height,
+            extent; 8 values) to each pooled superpoint feature before the decoder. Not published (False); it gives
+            a backbone trained from scratch the colour and size cues at once.
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -86,17 +95,20 @@ class RGSAN(nn.Module):
                  parser_model: str | None = None, position_refinement: bool = True, rule_guided: bool = True,
                  use_rpe: bool = True, directed_laplacian: bool = True, backbone_checkpoint: str | None = None,
                  backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
-                 aux_semantic_classes: int = 0) -> None:
+                 aux_semantic_classes: int = 0, superpoint_geometry: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.text_proj = nn.Linear(text_encoder.dim, d_model)
         self.tlm = TextLocalizationModule(
-            sp_channels=int(getattr(backbone, "out_channels", 32)), dim=d_model, num_heads=num_heads,
+            sp_channels=int(getattr(backbone, "out_channels", 32)) + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry
+                                                                      else 0),
+            dim=d_model, num_heads=num_heads,
             ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
             attn_mask_threshold=attn_mask_threshold, position_refinement=position_refinement, use_rpe=use_rpe)
         sp_channels = int(getattr(backbone, "out_channels", 32))
         self.semantic_head = nn.Linear(sp_channels, aux_semantic_classes) if aux_semantic_classes > 0 else None
+        self.superpoint_geometry = superpoint_geometry
         self.parser = DependencyParser(model=parser_model, max_words=max_words)
         self.position_refinement = position_refinement
         self.rule_guided = rule_guided
@@ -169,7 +181,11 @@ class RGSAN(nn.Module):
         voxel = self.backbone(batch.voxel_feats, batch.voxel_coords, batch.spatial_shape, batch.num_scenes)
         num_sp = int(batch.sp_offsets[-1])
         sp = superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, num_sp)
-        sp_feats, valid = pad_by_offsets(sp, batch.sp_offsets)
+        sp_in = sp
+        if self.superpoint_geometry:
+            geom = superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene, num_sp)
+            sp_in = torch.cat([sp, geom], 1)
+        sp_feats, valid = pad_by_offsets(sp_in, batch.sp_offsets)
         sp_centers, _ = pad_by_offsets(batch.sp_center.to(sp.dtype), batch.sp_offsets)
         sp_pad = ~valid
 

@@ -333,3 +333,32 @@ def test_semantic_head_adds_a_trainable_loss_term(scenes: Path, encoder: TextEnc
         .item(), rel=1e-5)  # every point of these scenes has ScanNet-20 label 4
     terms["loss_semantic"].backward()
     assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0  # it reaches the backbone
+
+
+# ---------------------------------------------------------------------------------------------------- gpu
+@pytest.mark.gpu
+def test_cuda_forward_matches_cpu_and_mixed_precision_trains(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS)
+    model = build(encoder, seed=4).eval()
+    with torch.no_grad():
+        want = model(batch)
+        model.cuda()
+        got = model(batch.to("cuda"))
+    torch.testing.assert_close(got.pred_masks.cpu(), want.pred_masks, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(got.pred_positions.cpu(), want.pred_positions, rtol=2e-3, atol=2e-3)
+    # fp16 autocast (trainer precision 16-mixed): finite losses and gradients, and the loss falls
+    model.train()
+    cuda_batch = batch.to("cuda")
+    criterion = RGSANCriterion()
+    opt = torch.optim.AdamW([dict(g, lr=1e-3 * g["lr_scale"]) for g in model.param_groups()])
+    scaler = torch.amp.GradScaler("cuda")
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = weighted(criterion(model(cuda_batch), cuda_batch))
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0], losses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -102,3 +104,21 @@ def test_pool_padded_per_scene() -> None:
     assert pooled.shape == (2, 3, 1) and valid.tolist() == [[True] * 3, [True, True, False]]
     assert pooled[..., 0].tolist() == [[0.5, 2.0, 4.0], [6.0, 7.5, 0.0]]
     assert counts.tolist() == [[2, 1, 3], [1, 2, 0]]
+
+
+def test_superpoint_geometry_by_hand_and_rotation_invariant() -> None:
+    from pointcloud.superpoint_pool import superpoint_geometry
+
+    # scene 0: floor point at z = -1 and a 2-point superpoint at z 0 and 1; scene 1: one point at z = 5
+    xyz = torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [1.0, 2.0, 1.0], [3.0, 3.0, 5.0]])
+    colour = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.5]])
+    feat = torch.cat([colour, xyz], 1)
+    sp, scene = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 0, 1])
+    g = superpoint_geometry(feat, sp, scene, 3)
+    assert g.shape == (3, 7)
+    torch.testing.assert_close(g[1], torch.tensor([0.5, 0.0, 0.0, 1.5, 2.0, 1.0, 0.5]))
+    torch.testing.assert_close(g[2], torch.tensor([0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]))  # its own floor
+    c, s = math.cos(0.7), math.sin(0.7)
+    rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    g_rot = superpoint_geometry(torch.cat([colour, xyz @ rot.T], 1), sp, scene, 3)
+    torch.testing.assert_close(g_rot, g)
