@@ -68,7 +68,10 @@ def select_predictions(lines: Sequence[PredictionLine], sample_ids: Sequence[str
     return keep[:limit] if limit is not None else keep
 
 
-def _masks(pred: PredictionLine, scene: PreparedScene, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def prediction_masks(pred: PredictionLine, scene: PreparedScene,
+                     path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N,) bool predicted mask and (N,) bool GT mask (None without ``gt_object_ids``) of one line over its scene;
+    errors name ``path``, the line and the field."""
     rec = pred.record
     if int(rec["num_points"]) != scene.num_points:
         raise DataFormatError(path, f"line {pred.line} (sample {rec['sample_id']}): field 'num_points' is "
@@ -106,24 +109,25 @@ def render_predictions(predictions: str | Path, scenes_dir: str | Path, out_dir:
         render_kwargs: :func:`pointcloud.render.render_prediction` options (width, height, view, point_size).
 
     Returns:
-        the PNG paths, in prediction order within each scene.
+        the PNG path of every prediction, in the order of ``preds`` (scenes are rendered one after another).
     """
     path = Path(predictions)
     preds = read_predictions(path) if preds is None else list(preds)
-    total, done, paths = len(preds), 0, []
+    total, done = len(preds), 0
+    png_of: dict[int, Path] = {}
     for scene_id, group in _by_scene(preds):
         scene = PreparedScene.load(Path(scenes_dir) / scene_id, require_superpoints=False)
         items = []
         for p in group:
-            mask, gt = _masks(p, scene, path)
+            mask, gt = prediction_masks(p, scene, path)
             items.append((p.record["sample_id"], p.record["description"], mask, gt))
         pngs = render_scene_predictions(scene.coord, scene.color, items, Path(out_dir) / scene_id, **render_kwargs)
         if ply:
             for png, (_, _, mask, gt) in zip(pngs, items):
                 save_colored_ply(png.with_suffix(".ply"), scene.coord, scene.color, mask, gt)
-        paths += pngs
+        png_of.update((id(p), png) for p, png in zip(group, pngs))
         done += len(items)
         if progress is not None:
             progress(done, total)
-    return paths
+    return [png_of[id(p)] for p in preds]
 

@@ -199,13 +199,6 @@ def render_examples(predictions: Path, scenes_dir: Path, out_dir: Path, count: i
     paths = render_predictions(predictions, scenes_dir, out_dir, preds=chosen)
     (out_dir / "examples.json").write_text(json.dumps(
         [{"png": str(p.relative_to(out_dir)), "sample_id": c.record["sample_id"], "iou": c.record.get("iou"),
-          "description": c.record["description"]} for p, c in zip(paths, _scene_order(chosen))], indent=2) + "\n")
+          "description": c.record["description"]} for p, c in zip(paths, chosen)], indent=2) + "\n")
     return paths
 
-
-def _scene_order(preds: list[Any]) -> list[Any]:
-    """The order :func:`render_predictions` renders in: grouped by scene, first appearance first."""
-    order: dict[str, list[Any]] = {}
-    for p in preds:
-        order.setdefault(p.record["scene_id"], []).append(p)
-    return [p for group in order.values() for p in group]

@@ -63,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace, preds: list) -> None:
-    import numpy as np
-
-    from datasets.pointmask import rle_to_mask
     from datasets.scannet.scene import PreparedScene
     from pointcloud.render import show_interactive
+    from pointcloud.render_predictions import prediction_masks
 
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         print("--show: no display (DISPLAY / WAYLAND_DISPLAY unset); the PNGs above are written anyway")
@@ -75,7 +73,5 @@ def _show(args: argparse.Namespace, preds: list) -> None:
     for p in preds:
         rec = p.record
         scene = PreparedScene.load(Path(args.scenes) / rec["scene_id"], require_superpoints=False)
-        mask = rle_to_mask(rec["pred_mask_rle"], scene.num_points).numpy()
-        ids = rec.get("gt_object_ids")
-        gt = np.isin(scene.instance, ids) if ids is not None else None
+        mask, gt = prediction_masks(p, scene, args.predictions)
         show_interactive(scene.coord, scene.color, mask, gt, title=rec["description"])

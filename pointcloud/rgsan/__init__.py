@@ -4,11 +4,12 @@ See ``docs/rgsan.md`` and rgsan-mdin spec §4. Public pieces: the model, its cri
 contract), and the building blocks (dependency graphs, DDI, contextual RPE, the TLM decoder).
 """
 
+from datasets.pointmask import mask_to_rle, rle_to_mask
 from pointcloud.rgsan.criterion import RGSANCriterion, superpoint_iou
 from pointcloud.rgsan.ddi import DDILayer, GraphAttention
 from pointcloud.rgsan.graph import DependencyGraph, GraphBatch, batch_graphs, graph_from_parse, laplacian_pe
 from pointcloud.rgsan.model import RGSAN, RGSANOutputs
-from pointcloud.rgsan.postprocess import RGSANPostprocess, RGSANPrediction, mask_to_rle, rle_to_mask
+from pointcloud.rgsan.postprocess import RGSANPostprocess, RGSANPrediction
 from pointcloud.rgsan.rpe import ContextualRPE, reference_rpe, relative_bins
 from pointcloud.rgsan.tlm import TextLocalizationModule, TLMOutputs
 

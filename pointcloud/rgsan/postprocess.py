@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from datasets.batch3d import ReferBatch3D
-from datasets.pointmask import mask_to_rle, rle_to_mask  # noqa: F401  (rle_to_mask re-exported)
+from datasets.pointmask import mask_to_rle
 
 
 @dataclass

@@ -84,6 +84,10 @@ def test_selection(predictions: tuple[Path, Path], tmp_path: Path) -> None:
     pngs = render_predictions(path, scenes, tmp_path, preds=select_predictions(preds, sample_ids=["scene0201_00/7/0"]),
                               width=200, height=160)
     assert len(pngs) == 1 and pngs[0].is_file()
+    # paths come back in the order of the selection, whatever order the scenes are rendered in
+    backwards = list(reversed(preds))
+    pngs = render_predictions(path, scenes, tmp_path / "back", preds=backwards, width=200, height=160)
+    assert [p.parent.name for p in pngs] == [p.record["scene_id"] for p in backwards]
 
 
 def test_bad_lines_name_file_line_and_field(predictions: tuple[Path, Path], tmp_path: Path) -> None:
