@@ -17,6 +17,11 @@ Only when the model has the auxiliary semantic head (``RGSAN(aux_semantic_classe
 - ``loss_semantic``: cross-entropy of the superpoint class logits against each superpoint's majority ScanNet-20
   label over its points (unlabelled points, -100, do not vote; superpoints without a labelled point are
   ignored); computed once per batch, not per prediction.
+
+Only with ``RGSAN(aux_instance_offsets=True)`` (not published):
+
+- ``loss_offset``: L1 (summed over the axes, metres) between each superpoint's predicted instance centre and the
+  mean point of its majority instance, mean over superpoints that have an annotated majority instance.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasets.refer3d import NO_CENTER
+from pointcloud.rgsan.instances import instance_center_targets
 
 IOU_EPS = 1e-6
 IGNORE = -100  # semantic label of unannotated points (data spec §2) and of superpoints without any
@@ -115,4 +121,14 @@ class RGSANCriterion(nn.Module):
                                          sem.shape[0], sem.shape[1])
             terms["loss_semantic"] = (F.cross_entropy(sem, labels, ignore_index=IGNORE) if bool((labels >= 0).any())
                                       else sem.sum() * 0.0)
+        centres = getattr(outputs, "sp_instance_centers", None)
+        if centres is not None:
+            # L1 (summed over axes) to the centre of the superpoint's majority instance, mean over superpoints
+            # that have one.
+            dev = centres.device
+            target, ok = instance_center_targets(batch.coord.to(dev), batch.instance.to(dev),
+                                                 batch.point_scene.to(dev), batch.sp_ins_label.to(dev),
+                                                 batch.sp_offsets.to(dev))
+            terms["loss_offset"] = ((centres - target).abs().sum(-1)[ok].mean() if bool(ok.any())
+                                    else centres.sum() * 0.0)
         return terms

@@ -19,7 +19,7 @@ from datasets.batch3d import ReferBatch3D
 from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
 from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
-from pointcloud.rgsan.tlm import TextLocalizationModule
+from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
     pad_by_offsets,
@@ -47,6 +47,8 @@ class RGSANOutputs:
         position_supervised: False when the model runs without position refinement (no position loss).
         sp_semantic_logits: (S_total, C) superpoint class logits of the auxiliary semantic head, superpoints of all
             scenes concatenated in batch order; None without the head (the published model).
+        sp_instance_centers: (S_total, 3) metres, each superpoint's predicted instance centre (its centre plus the
+            predicted offset); None without ``aux_instance_offsets``.
     """
 
     pred_masks: Tensor
@@ -59,6 +61,7 @@ class RGSANOutputs:
     rules: list[str]
     position_supervised: bool = True
     sp_semantic_logits: Tensor | None = None
+    sp_instance_centers: Tensor | None = None
 
 
 class RGSAN(nn.Module):
@@ -88,6 +91,11 @@ class RGSAN(nn.Module):
         superpoint_geometry: append :func:`pointcloud.superpoint_pool.superpoint_geometry` (mean colour, height,
             extent; 8 values) to each pooled superpoint feature before the decoder. Not published (False); it gives
             a backbone trained from scratch the colour and size cues at once.
+        mask_position_prior: a Gaussian prior around the output word's position added to the mask logits
+            (:class:`~pointcloud.rgsan.tlm.TextLocalizationModule`). Not published (False).
+        aux_instance_offsets: an MLP on the decoder's superpoint input predicts each superpoint's offset to the
+            centre of its instance (``loss_offset``); ``RGSANPostprocess(snap_to_instances=True)`` groups superpoints
+            by these centres and answers with whole groups (:mod:`pointcloud.rgsan.instances`). Not published.
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -95,7 +103,8 @@ class RGSAN(nn.Module):
                  parser_model: str | None = None, position_refinement: bool = True, rule_guided: bool = True,
                  use_rpe: bool = True, directed_laplacian: bool = True, backbone_checkpoint: str | None = None,
                  backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
-                 aux_semantic_classes: int = 0, superpoint_geometry: bool = False) -> None:
+                 aux_semantic_classes: int = 0, superpoint_geometry: bool = False,
+                 mask_position_prior: bool = False, aux_instance_offsets: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -105,8 +114,11 @@ class RGSAN(nn.Module):
                                                                       else 0),
             dim=d_model, num_heads=num_heads,
             ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
-            attn_mask_threshold=attn_mask_threshold, position_refinement=position_refinement, use_rpe=use_rpe)
+            attn_mask_threshold=attn_mask_threshold, position_refinement=position_refinement, use_rpe=use_rpe,
+            mask_position_prior=mask_position_prior)
         sp_channels = int(getattr(backbone, "out_channels", 32))
+        in_channels = sp_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)
+        self.offset_head = mlp([in_channels, 64, 64, 3]) if aux_instance_offsets else None
         self.semantic_head = nn.Linear(sp_channels, aux_semantic_classes) if aux_semantic_classes > 0 else None
         self.superpoint_geometry = superpoint_geometry
         self.parser = DependencyParser(model=parser_model, max_words=max_words)
@@ -220,4 +232,6 @@ class RGSAN(nn.Module):
             output_words=[p.words[k - 1] for p, k in zip(parses, index)],
             rules=[p.rule if self.rule_guided else "root_word" for p in parses],
             position_supervised=self.position_refinement,
-            sp_semantic_logits=self.semantic_head(sp) if self.semantic_head is not None else None)
+            sp_semantic_logits=self.semantic_head(sp) if self.semantic_head is not None else None,
+            sp_instance_centers=(batch.sp_center.to(sp.dtype) + self.offset_head(sp_in)
+                                 if self.offset_head is not None else None))

@@ -5,6 +5,10 @@ the points of its scene through the superpoint ids, then scattered to the prepar
 (:meth:`datasets.batch3d.ReferBatch3D.to_original_points`; the identity with the validation transform, which
 keeps every point in order, so ``pred_mask`` lines up with the evaluator's ground truth). The score is reported
 but not used, as in the original.
+
+``snap_to_instances=True`` (an addition, for models with ``aux_instance_offsets``) replaces each binarised mask
+by the group of superpoints (grouped by predicted instance centre within ``cluster_radius``) that the mask's
+probabilities cover best (:mod:`pointcloud.rgsan.instances`): the answer is then always whole instances.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from datasets.batch3d import ReferBatch3D
 from datasets.pointmask import mask_to_rle
+from pointcloud.rgsan.instances import group_by_centres, snap_to_groups
 
 
 @dataclass
@@ -56,15 +62,44 @@ class RGSANPostprocess:
 
     Args:
         threshold: sigmoid threshold of the superpoint mask (0.5).
+        snap_to_instances: answer with the best-covered group of superpoints instead (needs a model with
+            ``aux_instance_offsets``).
+        cluster_radius: metres; superpoints whose predicted instance centres are this close are grouped.
     """
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, snap_to_instances: bool = False, cluster_radius: float = 0.3) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"RGSANPostprocess.threshold must lie in (0, 1), got {threshold}")
+        if cluster_radius <= 0:
+            raise ValueError(f"RGSANPostprocess.cluster_radius must be > 0 metres, got {cluster_radius}")
         self.threshold = threshold
+        self.snap_to_instances = snap_to_instances
+        self.cluster_radius = cluster_radius
+
+    def _snapped(self, outputs: Any, batch: ReferBatch3D) -> Tensor:
+        """(D, S_max) bool masks made of whole superpoint groups (see :mod:`pointcloud.rgsan.instances`)."""
+        centres = getattr(outputs, "sp_instance_centers", None)
+        if centres is None:
+            raise ValueError("RGSANPostprocess(snap_to_instances=True) needs a model built with "
+                             "aux_instance_offsets=True (outputs.sp_instance_centers is None)")
+        prob = outputs.pred_masks[-1].detach().sigmoid()
+        out = torch.zeros_like(prob, dtype=torch.bool)
+        sizes = torch.bincount(batch.superpoint, minlength=int(batch.sp_offsets[-1])).to(prob.device)
+        offsets, desc = batch.sp_offsets.tolist(), batch.desc_offsets.tolist()
+        for b in range(batch.num_scenes):
+            if desc[b] == desc[b + 1]:
+                continue
+            lo, hi = offsets[b], offsets[b + 1]
+            groups = group_by_centres(centres[lo:hi].detach(), self.cluster_radius)
+            out[desc[b]:desc[b + 1], :hi - lo] = snap_to_groups(prob[desc[b]:desc[b + 1], :hi - lo], groups,
+                                                                sizes[lo:hi])
+        return out
 
     def __call__(self, outputs: Any, batch: ReferBatch3D) -> list[RGSANPrediction]:
-        sp_mask = (outputs.pred_masks[-1].detach().sigmoid() >= self.threshold) & ~outputs.sp_padding  # (D, S)
+        if self.snap_to_instances:
+            sp_mask = self._snapped(outputs, batch) & ~outputs.sp_padding
+        else:
+            sp_mask = (outputs.pred_masks[-1].detach().sigmoid() >= self.threshold) & ~outputs.sp_padding  # (D, S)
         scores = outputs.pred_scores[-1].detach().float().cpu().tolist()
         positions = outputs.pred_positions[-1].detach().float().cpu().tolist()
         desc_offsets = batch.desc_offsets.tolist()

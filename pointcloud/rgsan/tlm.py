@@ -196,11 +196,16 @@ class TextLocalizationModule(nn.Module):
             used only for the Fourier query encoding and are not refined (the model then reports them unsupervised).
         use_rpe: add the contextual relative position encoding to the cross-attention (implied off without
             position refinement, which fixes the positions the RPE would relate).
+        mask_position_prior: add ``-sum_axis softplus(a(q)) * (c_s - p_q)^2`` to every mask logit, a Gaussian
+            prior around the query's current position with a per-query, per-axis width (``a`` linear, initialised to
+            a weak prior). Not in the published model (False): its mask head is blind to position, so two instances
+            of the same class get the same logit unless the backbone tells them apart. The mask loss flows into the
+            position through this term, so it also trains the refinement.
     """
 
     def __init__(self, sp_channels: int = 32, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024,
                  num_layers: int = 6, num_relations: int = 41, lap_dim: int = 5, attn_mask_threshold: float = 0.1,
-                 position_refinement: bool = True, use_rpe: bool = True) -> None:
+                 position_refinement: bool = True, use_rpe: bool = True, mask_position_prior: bool = False) -> None:
         super().__init__()
         self.num_layers, self.num_heads = num_layers, num_heads
         self.attn_mask_threshold = attn_mask_threshold
@@ -230,6 +235,12 @@ class TextLocalizationModule(nn.Module):
         if self.offset is not None:  # zero-initialised: refinement starts as the identity
             nn.init.zeros_(self.offset[-1].weight)
             nn.init.zeros_(self.offset[-1].bias)
+        self.prior_width = nn.Linear(dim, 3) if mask_position_prior else None
+        if self.prior_width is not None:
+            # softplus(-3) = 0.05 per m^2: a superpoint 3 m away starts 0.45 logits lower, so the head starts close
+            # to the published, position-blind one and learns how sharp the prior may be.
+            nn.init.zeros_(self.prior_width.weight)
+            nn.init.constant_(self.prior_width.bias, -3.0)
 
     def forward(self, words: Tensor, node_mask: Tensor, lap_pe: Tensor, relation: Tensor, src: Tensor, dst: Tensor,
                 select: Tensor, sp_feats: Tensor, sp_centers: Tensor, sp_pad: Tensor, desc_scene: Tensor) -> TLMOutputs:
@@ -266,7 +277,7 @@ class TextLocalizationModule(nn.Module):
                 xs, weights = self._init_queries(layout.to_scene(x), memory, sp_pad)
                 # Every word starts at the attention-weighted mean of the superpoint centres (metres).
                 ref = weights @ sp_centers
-                m, s, _ = self._predict(xs, mask_feats, sp_pad, desc_scene, rows)  # layer 0 runs unmasked
+                m, s, _ = self._predict(xs, mask_feats, sp_pad, desc_scene, rows, ref, sp_centers)  # unmasked
                 masks.append(m)
                 scores.append(s)
                 positions.append(ref[desc_scene, rows])
@@ -276,7 +287,7 @@ class TextLocalizationModule(nn.Module):
             bins = relative_bins(ref, sp_centers) if self.use_rpe else None
             xs = self.layers[i].cross_and_ffn(layout.to_scene(x), sine, memory, key_pos, blocked, bins)
             new_ref = ref + self.offset(self.decoder_norm(xs)) if self.offset is not None else ref
-            m, s, blocked = self._predict(xs, mask_feats, sp_pad, desc_scene, rows)
+            m, s, blocked = self._predict(xs, mask_feats, sp_pad, desc_scene, rows, new_ref, sp_centers)
             masks.append(m)
             scores.append(s)
             positions.append(new_ref[desc_scene, rows])
@@ -301,9 +312,12 @@ class TextLocalizationModule(nn.Module):
         out = (attn @ heads(self.init_v(memory))).transpose(1, 2).reshape(b, q_len, c)
         return self.init_norm(xs + self.init_out(out)), attn.mean(1)
 
-    def _predict(self, xs: Tensor, mask_feats: Tensor, sp_pad: Tensor, desc_scene: Tensor,
-                 rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _predict(self, xs: Tensor, mask_feats: Tensor, sp_pad: Tensor, desc_scene: Tensor, rows: Tensor,
+                 ref: Tensor, sp_centers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mask logits of every query, the output queries' masks and scores, and the next attention mask.
+
+        ``ref`` (B, Q, 3) metres is the queries' position at this prediction (used by the optional position
+        prior only); ``sp_centers`` (B, S, 3) metres.
 
         Returns ``(masks (D, S), scores (D,), blocked (B, Q, S) bool)``. A superpoint is blocked for a query
         when sigmoid(logit) < threshold or it is padding; a row that would be fully blocked is opened on all the
@@ -311,6 +325,10 @@ class TextLocalizationModule(nn.Module):
         """
         q = self.out_norm(xs)
         logits = torch.einsum("bqc,bsc->bqs", q, mask_feats)
+        if self.prior_width is not None:
+            width = F.softplus(self.prior_width(q))  # (B, Q, 3) per m^2
+            sq = (sp_centers[:, None, :, :] - ref[:, :, None, :]).square()  # (B, Q, S, 3)
+            logits = logits - torch.einsum("bqsk,bqk->bqs", sq, width)
         with torch.no_grad():
             pad = sp_pad[:, None, :]
             blocked = (logits.sigmoid() < self.attn_mask_threshold) | pad

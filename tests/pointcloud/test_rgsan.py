@@ -335,6 +335,39 @@ def test_semantic_head_adds_a_trainable_loss_term(scenes: Path, encoder: TextEnc
     assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0  # it reaches the backbone
 
 
+def test_mask_position_prior_by_hand() -> None:
+    from pointcloud.rgsan.tlm import TextLocalizationModule
+
+    torch.manual_seed(0)
+    tlm = TextLocalizationModule(sp_channels=4, dim=8, num_heads=2, ffn_dim=16, num_layers=1,
+                                 mask_position_prior=True)
+    xs = torch.randn(1, 2, 8)                              # one scene, two queries
+    centres = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 0.0], [3.0, 0.0, 1.0]]])
+    ref = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 0.0]]], requires_grad=True)
+    zero_feats = torch.zeros(1, 3, 8)                       # content term 0: only the prior is left
+    pad = torch.zeros(1, 3, dtype=torch.bool)
+    masks, _, _ = tlm._predict(xs, zero_feats, pad, torch.tensor([0, 0]), torch.tensor([0, 1]), ref, centres)
+    w = math.log1p(math.exp(-3.0))                           # softplus of the initial bias, per m^2 and axis
+    expected = -w * torch.tensor([[0.0, 5.0, 10.0], [5.0, 0.0, 4.0 + 4.0 + 1.0]])
+    torch.testing.assert_close(masks, expected)
+    masks.sum().backward()
+    assert ref.grad.abs().sum() > 0                          # the mask loss reaches the position
+    assert tlm.prior_width.weight.grad.abs().sum() > 0
+    plain = TextLocalizationModule(sp_channels=4, dim=8, num_heads=2, ffn_dim=16, num_layers=1)
+    flat, _, _ = plain._predict(xs, zero_feats, pad, torch.tensor([0, 0]), torch.tensor([0, 1]), ref, centres)
+    assert (flat == 0).all()                                 # the published head ignores positions
+
+
+def test_mask_position_prior_trains_the_refinement(scenes: Path, encoder: TextEncoder) -> None:
+    batch = batch_of(scenes, RECORDS)
+    model = build(encoder, mask_position_prior=True).train()
+    terms = RGSANCriterion()(model(batch), batch)
+    (terms["loss_bce"] + terms["loss_dice"]).backward()     # no position loss in this sum
+    named = dict(model.named_parameters())
+    for name in ("tlm.prior_width.weight", "tlm.offset.4.weight"):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+
+
 # ---------------------------------------------------------------------------------------------------- gpu
 @pytest.mark.gpu
 def test_cuda_forward_matches_cpu_and_mixed_precision_trains(scenes: Path, encoder: TextEncoder) -> None:

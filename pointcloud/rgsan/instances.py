@@ -1,0 +1,98 @@
+"""Instance grouping of superpoints by predicted instance centres (an addition to RG-SAN, off by default).
+
+RG-SAN's mask head scores every superpoint on its own, so a mask can cover parts of several instances of the
+target's class. With ``aux_instance_offsets`` the model also predicts, for each superpoint, the centre of the
+instance it belongs to (PointGroup-style offset voting, here on superpoints). Superpoints whose predicted centres
+lie within ``radius`` of each other, transitively, form one group; ``RGSANPostprocess(snap_to_instances=True)``
+then answers with the group that the mask covers best (point-weighted mean probability), i.e. whole instances.
+
+Frames: all positions are metres in the batch's ``xyz_middle`` frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from datasets.refer3d import NO_MAJORITY
+
+
+def instance_center_targets(coord: Tensor, instance: Tensor, point_scene: Tensor, sp_ins_label: Tensor,
+                            sp_offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Centre (mean of the instance's points) of each superpoint's majority instance.
+
+    Args:
+        coord: (P, 3) metres; instance: (P,) int64 object id or -1; point_scene: (P,) int64 scene of each point.
+        sp_ins_label: (S,) int64 majority instance of each superpoint (-1 unannotated, ``NO_MAJORITY`` none).
+        sp_offsets: (B + 1,) int64 superpoint offsets per scene.
+
+    Returns:
+        ``(targets (S, 3), valid (S,) bool)``; ``valid`` is False for superpoints without an annotated majority
+        instance (their target row is 0).
+    """
+    device = coord.device
+    num_sp = sp_ins_label.shape[0]
+    ok = instance >= 0
+    width = (int(instance.max().clamp_min(0)) if instance.numel() else 0) + 1
+    keys = point_scene[ok] * width + instance[ok]  # (P_ok,) one key per (scene, instance)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    sums = torch.zeros(len(uniq), 3, dtype=coord.dtype, device=device).index_add_(0, inverse, coord[ok])
+    counts = torch.bincount(inverse, minlength=len(uniq)).clamp_min(1).to(coord.dtype)
+    centres = sums / counts[:, None]
+
+    sp_scene = torch.repeat_interleave(torch.arange(len(sp_offsets) - 1, device=device), sp_offsets.diff())
+    label = sp_ins_label.to(device)
+    sp_keys = sp_scene * width + label
+    pos = torch.searchsorted(uniq, sp_keys).clamp_max(max(len(uniq) - 1, 0))
+    valid = (label >= 0) & (label != NO_MAJORITY) & (label < width)  # < width: keys never alias another scene
+    if len(uniq):
+        valid &= uniq[pos] == sp_keys
+    targets = torch.zeros(num_sp, 3, dtype=coord.dtype, device=device)
+    if bool(valid.any()):
+        targets[valid] = centres[pos[valid]]
+    return targets, valid
+
+
+def group_by_centres(centres: Tensor, radius: float) -> Tensor:
+    """Connected components of the graph linking superpoints whose predicted centres are within ``radius``.
+
+    Args:
+        centres: (S, 3) metres, predicted instance centres of one scene's superpoints.
+
+    Returns:
+        (S,) int64 group id of each superpoint: the smallest superpoint index of its component.
+    """
+    s = centres.shape[0]
+    if s == 0:
+        return torch.zeros(0, dtype=torch.long, device=centres.device)
+    near = torch.cdist(centres.float(), centres.float()) <= radius  # (S, S), reflexive
+    labels = torch.arange(s, device=centres.device)
+    big = torch.full((s, s), s, dtype=torch.long, device=centres.device)
+    # Min-label propagation until stable: at most diameter(graph) rounds, each O(S^2); S ~ 500 per scene.
+    while True:
+        new = torch.where(near, labels[None, :], big).amin(1)
+        if torch.equal(new, labels):
+            return labels
+        labels = new
+
+
+def snap_to_groups(prob: Tensor, groups: Tensor, weight: Tensor) -> Tensor:
+    """Replace each mask by the one group it covers best.
+
+    Args:
+        prob: (D, S) mask probabilities over one scene's superpoints.
+        groups: (S,) int64 group ids (:func:`group_by_centres`).
+        weight: (S,) point count of each superpoint (a group's score is its point-weighted mean probability).
+
+    Returns:
+        (D, S) bool: every superpoint of the best group of each description, nothing else.
+    """
+    d, s = prob.shape
+    if s == 0:
+        return torch.zeros(d, 0, dtype=torch.bool, device=prob.device)
+    w = weight.to(prob.dtype)
+    num = torch.zeros(d, s, dtype=prob.dtype, device=prob.device).index_add_(1, groups, prob * w)
+    den = torch.zeros(s, dtype=prob.dtype, device=prob.device).index_add_(0, groups, w).clamp_min(1e-9)
+    score = torch.where(den > 1e-9, num / den, torch.full_like(num, -1.0))  # ids that name no group score -1
+    best = score.argmax(1)  # (D,)
+    return groups[None, :] == best[:, None]

@@ -1,0 +1,97 @@
+"""Instance-centre offsets, superpoint grouping and snapped masks (pointcloud/rgsan/instances.py), by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_rgsan import RECORDS, batch_of, build, scenes  # noqa: F401  (scenes is a fixture)
+
+from datasets.refer3d import NO_MAJORITY
+from pointcloud.rgsan import RGSANCriterion, RGSANPostprocess
+from pointcloud.rgsan.instances import group_by_centres, instance_center_targets, snap_to_groups
+
+
+def test_instance_center_targets_by_hand() -> None:
+    # Scene 0: instance 4 at x = 0 and 2 (centre 1), instance 7 at x = 10; scene 1: instance 4 at x = 5 (same id,
+    # other scene: its own centre); one unannotated point.
+    coord = torch.tensor([[0.0, 0, 0], [2, 0, 0], [10, 0, 0], [5, 1, 0], [9, 9, 9]])
+    instance = torch.tensor([4, 4, 7, 4, -1])
+    point_scene = torch.tensor([0, 0, 0, 1, 1])
+    sp_ins_label = torch.tensor([4, 7, NO_MAJORITY, 4, -1, 3])  # 3 exists nowhere
+    sp_offsets = torch.tensor([0, 3, 6])
+    targets, valid = instance_center_targets(coord, instance, point_scene, sp_ins_label, sp_offsets)
+    assert valid.tolist() == [True, True, False, True, False, False]
+    torch.testing.assert_close(targets[valid], torch.tensor([[1.0, 0, 0], [10, 0, 0], [5, 1, 0]]))
+    assert (targets[~valid] == 0).all()
+
+
+def test_group_by_centres_is_transitive_and_labels_by_smallest_index() -> None:
+    # 0 - 2 - 3 chained 0.2 m apart (0 and 3 are 0.6 m apart), 1 far away, 4 alone.
+    centres = torch.tensor([[0.0, 0, 0], [5, 5, 5], [0.2, 0, 0], [0.4, 0.0, 0.0], [0, 3, 0]])
+    assert group_by_centres(centres, 0.25).tolist() == [0, 1, 0, 0, 4]
+    assert group_by_centres(centres, 0.1).tolist() == [0, 1, 2, 3, 4]
+    assert group_by_centres(torch.zeros(0, 3), 0.3).shape == (0,)
+
+
+def test_snap_to_groups_picks_the_best_covered_group() -> None:
+    groups = torch.tensor([0, 0, 2, 2, 2])
+    weight = torch.tensor([10, 30, 1, 1, 2])
+    # Row 0: group 0 mean (0.9*10 + 0.1*30) / 40 = 0.3, group 2 (0.6 + 0.6 + 2*0.6) / 4 = 0.6 -> group 2.
+    # Row 1: group 0 = 0.9, group 2 = 0.5 -> group 0, although superpoint 4 alone would pass 0.5.
+    prob = torch.tensor([[0.9, 0.1, 0.6, 0.6, 0.6], [0.9, 0.9, 0.0, 0.0, 1.0]])
+    assert snap_to_groups(prob, groups, weight).tolist() == [[False, False, True, True, True],
+                                                            [True, True, False, False, False]]
+
+
+def _outputs(batch, logits: torch.Tensor, centres: torch.Tensor | None) -> SimpleNamespace:
+    d = len(batch)
+    return SimpleNamespace(pred_masks=logits[None].repeat(7, 1, 1), pred_scores=torch.ones(7, d),
+                           pred_positions=torch.zeros(7, d, 3), sp_padding=batch.sp_padding_mask()[batch.desc_scene],
+                           output_words=["box"] * d, rules=["subject"] * d, sp_instance_centers=centres)
+
+
+def test_snapped_postprocess_removes_spill_onto_other_instances(scenes: Path) -> None:  # noqa: F811
+    batch = batch_of(scenes, RECORDS)
+    targets, valid = instance_center_targets(batch.coord, batch.instance, batch.point_scene, batch.sp_ins_label,
+                                             batch.sp_offsets)
+    centres = torch.where(valid[:, None], targets, batch.sp_center)  # exact centres; floor stays in place
+    gt = batch.gt_spmask.float()
+    # Every description's mask spills over one neighbouring box at probability 0.6 (target: 0.9), so the plain
+    # postprocess answers with two boxes.
+    spill = torch.zeros_like(gt)
+    for j in range(len(batch)):
+        b = int(batch.desc_scene[j])
+        labels = batch.sp_ins_label[int(batch.sp_offsets[b]):int(batch.sp_offsets[b + 1])]
+        other = [o for o in (10, 11, 12, 13) if (o,) != batch.object_ids[j]][0]
+        spill[j, :len(labels)] = (labels == other).float()
+    logits = torch.logit(torch.clamp(0.9 * gt + 0.6 * spill, 0.01, 0.99))
+    plain = RGSANPostprocess()(_outputs(batch, logits, centres), batch)
+    snapped = RGSANPostprocess(snap_to_instances=True, cluster_radius=0.05)(_outputs(batch, logits, centres), batch)
+    gts = batch.eval_gt_masks()
+    for j, (p, s) in enumerate(zip(plain, snapped)):
+        if batch.gt_spmask[j].any():
+            assert p.pred_mask.sum() > gts[j].sum()            # the spill is in the plain answer
+            assert torch.equal(s.pred_mask, gts[j])            # and gone from the snapped one
+    with pytest.raises(ValueError, match="aux_instance_offsets"):
+        RGSANPostprocess(snap_to_instances=True)(_outputs(batch, logits, None), batch)
+
+
+def test_offset_head_and_loss(scenes: Path) -> None:  # noqa: F811
+    from grounding.text import TextEncoder
+
+    batch = batch_of(scenes, RECORDS)
+    model = build(TextEncoder(), aux_instance_offsets=True).train()
+    out = model(batch)
+    assert out.sp_instance_centers.shape == (int(batch.sp_offsets[-1]), 3)
+    terms = RGSANCriterion()(out, batch)
+    targets, valid = instance_center_targets(batch.coord, batch.instance, batch.point_scene, batch.sp_ins_label,
+                                             batch.sp_offsets)
+    expected = (out.sp_instance_centers - targets).abs().sum(-1)[valid].mean()
+    torch.testing.assert_close(terms["loss_offset"], expected)
+    terms["loss_offset"].backward()
+    assert model.offset_head[0].weight.grad.abs().sum() > 0
+    assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0   # the U-Net learns instance-aware features
+    assert "loss_offset" not in RGSANCriterion()(build(TextEncoder())(batch), batch)  # the published model
