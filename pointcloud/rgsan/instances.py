@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from datasets.refer3d import NO_MAJORITY
+from pointcloud.superpoint_pool import superpoint_pool
 
 
 def instance_center_targets(coord: Tensor, instance: Tensor, point_scene: Tensor, sp_ins_label: Tensor,
@@ -36,9 +37,7 @@ def instance_center_targets(coord: Tensor, instance: Tensor, point_scene: Tensor
     width = (int(instance.max().clamp_min(0)) if instance.numel() else 0) + 1
     keys = point_scene[ok] * width + instance[ok]  # (P_ok,) one key per (scene, instance)
     uniq, inverse = torch.unique(keys, return_inverse=True)
-    sums = torch.zeros(len(uniq), 3, dtype=coord.dtype, device=device).index_add_(0, inverse, coord[ok])
-    counts = torch.bincount(inverse, minlength=len(uniq)).clamp_min(1).to(coord.dtype)
-    centres = sums / counts[:, None]
+    centres = superpoint_pool(coord[ok], inverse, len(uniq), validate=False)  # the same scatter mean, per instance
 
     sp_scene = torch.repeat_interleave(torch.arange(len(sp_offsets) - 1, device=device), sp_offsets.diff())
     label = sp_ins_label.to(device)
@@ -92,7 +91,7 @@ def snap_to_groups(prob: Tensor, groups: Tensor, weight: Tensor) -> Tensor:
         return torch.zeros(d, 0, dtype=torch.bool, device=prob.device)
     w = weight.to(prob.dtype)
     num = torch.zeros(d, s, dtype=prob.dtype, device=prob.device).index_add_(1, groups, prob * w)
-    den = torch.zeros(s, dtype=prob.dtype, device=prob.device).index_add_(0, groups, w).clamp_min(1e-9)
-    score = torch.where(den > 1e-9, num / den, torch.full_like(num, -1.0))  # ids that name no group score -1
+    den = torch.zeros(s, dtype=prob.dtype, device=prob.device).index_add_(0, groups, w)
+    score = torch.where(den > 0, num / den.clamp_min(1e-9), -1.0)  # ids that name no group score -1
     best = score.argmax(1)  # (D,)
     return groups[None, :] == best[:, None]

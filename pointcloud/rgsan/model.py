@@ -109,15 +109,13 @@ class RGSAN(nn.Module):
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.text_proj = nn.Linear(text_encoder.dim, d_model)
+        sp_channels = int(getattr(backbone, "out_channels", 32))
+        in_channels = sp_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)  # decoder's input
         self.tlm = TextLocalizationModule(
-            sp_channels=int(getattr(backbone, "out_channels", 32)) + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry
-                                                                      else 0),
-            dim=d_model, num_heads=num_heads,
+            sp_channels=in_channels, dim=d_model, num_heads=num_heads,
             ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
             attn_mask_threshold=attn_mask_threshold, position_refinement=position_refinement, use_rpe=use_rpe,
             mask_position_prior=mask_position_prior)
-        sp_channels = int(getattr(backbone, "out_channels", 32))
-        in_channels = sp_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)
         self.offset_head = mlp([in_channels, 64, 64, 3]) if aux_instance_offsets else None
         self.semantic_head = nn.Linear(sp_channels, aux_semantic_classes) if aux_semantic_classes > 0 else None
         self.superpoint_geometry = superpoint_geometry

@@ -22,6 +22,7 @@ from torch import Tensor
 from datasets.batch3d import ReferBatch3D
 from datasets.pointmask import mask_to_rle
 from pointcloud.rgsan.instances import group_by_centres, snap_to_groups
+from pointcloud.superpoint_pool import superpoint_counts
 
 
 @dataclass
@@ -84,7 +85,7 @@ class RGSANPostprocess:
                              "aux_instance_offsets=True (outputs.sp_instance_centers is None)")
         prob = outputs.pred_masks[-1].detach().sigmoid()
         out = torch.zeros_like(prob, dtype=torch.bool)
-        sizes = torch.bincount(batch.superpoint, minlength=int(batch.sp_offsets[-1])).to(prob.device)
+        sizes = superpoint_counts(batch.superpoint, int(batch.sp_offsets[-1])).to(prob.device)
         offsets, desc = batch.sp_offsets.tolist(), batch.desc_offsets.tolist()
         for b in range(batch.num_scenes):
             if desc[b] == desc[b + 1]:

@@ -83,7 +83,8 @@ def test_offset_head_and_loss(scenes: Path) -> None:  # noqa: F811
     from grounding.text import TextEncoder
 
     batch = batch_of(scenes, RECORDS)
-    model = build(TextEncoder(), aux_instance_offsets=True).train()
+    encoder = TextEncoder()
+    model = build(encoder, aux_instance_offsets=True).train()
     out = model(batch)
     assert out.sp_instance_centers.shape == (int(batch.sp_offsets[-1]), 3)
     terms = RGSANCriterion()(out, batch)
@@ -94,4 +95,4 @@ def test_offset_head_and_loss(scenes: Path) -> None:  # noqa: F811
     terms["loss_offset"].backward()
     assert model.offset_head[0].weight.grad.abs().sum() > 0
     assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0   # the U-Net learns instance-aware features
-    assert "loss_offset" not in RGSANCriterion()(build(TextEncoder())(batch), batch)  # the published model
+    assert "loss_offset" not in RGSANCriterion()(build(encoder)(batch), batch)  # the published model
