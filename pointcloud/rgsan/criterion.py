@@ -22,6 +22,16 @@ Only with ``RGSAN(aux_instance_offsets=True)`` (not published):
 
 - ``loss_offset``: L1 (summed over the axes, metres) between each superpoint's predicted instance centre and the
   mean point of its majority instance, mean over superpoints that have an annotated majority instance.
+
+Only with ``RGSAN(aux_affinity=True)`` (not published):
+
+- ``loss_affinity``: BCE-with-logits of each superpoint edge's "same object" logit against "both superpoints have
+  the same majority instance", mean over edges whose two superpoints both have one.
+
+Only with ``RGSANCriterion(instance_ranking=True)`` (not published):
+
+- ``loss_instance``: cross-entropy over the scene's annotated instances of the point-weighted mean mask
+  probability per instance (:func:`pointcloud.rgsan.instances.instance_ranking_loss`), summed over predictions.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasets.refer3d import NO_CENTER
-from pointcloud.rgsan.instances import instance_center_targets
+from pointcloud.rgsan.affinity import edge_targets
+from pointcloud.rgsan.instances import instance_center_targets, instance_ranking_loss
+from pointcloud.superpoint_pool import superpoint_counts
 
 IOU_EPS = 1e-6
 IGNORE = -100  # semantic label of unannotated points (data spec §2) and of superpoints without any
@@ -79,11 +91,13 @@ class RGSANCriterion(nn.Module):
 
     Args:
         iou_threshold: the score loss only uses descriptions whose mask IoU is strictly above this (0.5).
+        instance_ranking: also return ``loss_instance`` (not published).
     """
 
-    def __init__(self, iou_threshold: float = 0.5) -> None:
+    def __init__(self, iou_threshold: float = 0.5, instance_ranking: bool = False) -> None:
         super().__init__()
         self.iou_threshold = iou_threshold
+        self.instance_ranking = instance_ranking
 
     def forward(self, outputs: Any, batch: Any) -> dict[str, Tensor]:
         masks, scores, positions = outputs.pred_masks, outputs.pred_scores, outputs.pred_positions
@@ -131,4 +145,13 @@ class RGSANCriterion(nn.Module):
                                                  batch.sp_offsets.to(dev))
             terms["loss_offset"] = ((centres - target).abs().sum(-1)[ok].mean() if bool(ok.any())
                                     else centres.sum() * 0.0)
+        edge_logits = getattr(outputs, "sp_edge_logits", None)
+        if edge_logits is not None:
+            target, ok = edge_targets(outputs.sp_edges, batch.sp_ins_label.to(edge_logits.device))
+            terms["loss_affinity"] = (F.binary_cross_entropy_with_logits(edge_logits[ok], target[ok])
+                                      if bool(ok.any()) else edge_logits.sum() * 0.0)
+        if self.instance_ranking:
+            sizes = superpoint_counts(batch.superpoint, int(batch.sp_offsets[-1]))
+            terms["loss_instance"] = instance_ranking_loss(masks, gt, batch.sp_ins_label, sizes, batch.sp_offsets,
+                                                           batch.desc_offsets)
         return terms

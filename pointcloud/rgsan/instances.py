@@ -95,3 +95,50 @@ def snap_to_groups(prob: Tensor, groups: Tensor, weight: Tensor) -> Tensor:
     score = torch.where(den > 0, num / den.clamp_min(1e-9), -1.0)  # ids that name no group score -1
     best = score.argmax(1)  # (D,)
     return groups[None, :] == best[:, None]
+
+
+def instance_ranking_loss(masks: Tensor, gt: Tensor, sp_ins_label: Tensor, sizes: Tensor, sp_offsets: Tensor,
+                          desc_offsets: Tensor) -> Tensor:
+    """Cross-entropy over a scene's annotated instances, scored the way snapping scores groups.
+
+    Each instance k of the description's scene gets the point-weighted mean probability ``m_k`` of the mask over
+    its superpoints; the loss is ``-log(m_t / sum_k m_k)`` for the target instance t (the instance holding most
+    of the GT mask's points). It trains what :func:`snap_to_groups` uses at inference: the right instance must
+    be covered better than every other, whatever the absolute mask values.
+
+    Args:
+        masks: (L + 1, D, S_max) superpoint mask logits (columns past a scene's superpoints are ignored).
+        gt: (D, S_max) GT superpoint mask; sp_ins_label: (S,) majority instance per superpoint (-1 or
+            ``NO_MAJORITY``: in no instance); sizes: (S,) point counts; sp_offsets: (B + 1,); desc_offsets: (B + 1,).
+
+    Returns:
+        () the loss, mean over descriptions with a target, summed over the L + 1 predictions (0 when none has one).
+    """
+    offsets, desc = sp_offsets.tolist(), desc_offsets.tolist()
+    per_desc = []
+    for b in range(len(offsets) - 1):
+        lo, hi, d0, d1 = offsets[b], offsets[b + 1], desc[b], desc[b + 1]
+        if d0 == d1 or lo == hi:
+            continue
+        label = sp_ins_label[lo:hi].to(masks.device)
+        inside = (label >= 0) & (label != NO_MAJORITY)
+        ids, inverse = torch.unique(torch.where(inside, label, -1), return_inverse=True)
+        k = len(ids)  # id -1 (if present) collects the superpoints in no instance; it is dropped below
+        w = sizes[lo:hi].to(masks.dtype).to(masks.device)
+        prob = masks[:, d0:d1, :hi - lo].sigmoid()  # (L + 1, D_b, S_b)
+        num = prob.new_zeros(*prob.shape[:2], k).index_add_(2, inverse, prob * w)
+        den = w.new_zeros(k).index_add_(0, inverse, w)
+        # GT points of each description on each instance (D_b, K)
+        cover = (gt[d0:d1, :hi - lo].to(w.dtype) * w) @ torch.nn.functional.one_hot(inverse, k).to(w.dtype)
+        real = ids >= 0
+        mean, cover = num[..., real] / den[real].clamp_min(1e-9), cover[:, real]
+        has = cover.amax(1) > 0
+        if not bool(has.any()) or mean.shape[-1] == 0:
+            continue
+        target = cover.argmax(1)
+        picked = mean.gather(2, target[None, :, None].expand(mean.shape[0], -1, 1)).squeeze(2)  # (L + 1, D_b)
+        nll = (mean.sum(2) + 1e-6).log() - (picked + 1e-6).log()
+        per_desc.append(nll[:, has])
+    if not per_desc:
+        return masks.sum() * 0.0
+    return torch.cat(per_desc, 1).mean(1).sum()

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from datasets.batch3d import ReferBatch3D
 from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
 from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
+from pointcloud.rgsan.affinity import AffinityHead, pair_geometry
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
 from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
+from pointcloud.superpoint_graph import superpoint_edges
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
     pad_by_offsets,
@@ -49,6 +51,8 @@ class RGSANOutputs:
             scenes concatenated in batch order; None without the head (the published model).
         sp_instance_centers: (S_total, 3) metres, each superpoint's predicted instance centre (its centre plus the
             predicted offset); None without ``aux_instance_offsets``.
+        sp_edges: (E, 2) int64 adjacent superpoint pairs (global ids, batch order) and sp_edge_logits: (E,) their
+            "same object" logits; None without ``aux_affinity`` (:mod:`pointcloud.rgsan.affinity`).
     """
 
     pred_masks: Tensor
@@ -62,6 +66,8 @@ class RGSANOutputs:
     position_supervised: bool = True
     sp_semantic_logits: Tensor | None = None
     sp_instance_centers: Tensor | None = None
+    sp_edges: Tensor | None = None
+    sp_edge_logits: Tensor | None = None
 
 
 class RGSAN(nn.Module):
@@ -96,6 +102,10 @@ class RGSAN(nn.Module):
         aux_instance_offsets: an MLP on the decoder's superpoint input predicts each superpoint's offset to the
             centre of its instance (``loss_offset``); ``RGSANPostprocess(snap_to_instances=True)`` groups superpoints
             by these centres and answers with whole groups (:mod:`pointcloud.rgsan.instances`). Not published.
+        aux_affinity: score every pair of adjacent superpoints (points within ``affinity_cell`` metres' grid
+            cells) "same object?" (``loss_affinity``); ``RGSANPostprocess(snap_to_instances=True)`` then groups
+            superpoints by average linkage of these scores (:mod:`pointcloud.rgsan.affinity`). Not published;
+            takes precedence over the offsets for snapping when both are on.
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -104,7 +114,8 @@ class RGSAN(nn.Module):
                  use_rpe: bool = True, directed_laplacian: bool = True, backbone_checkpoint: str | None = None,
                  backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
                  aux_semantic_classes: int = 0, superpoint_geometry: bool = False,
-                 mask_position_prior: bool = False, aux_instance_offsets: bool = False) -> None:
+                 mask_position_prior: bool = False, aux_instance_offsets: bool = False, aux_affinity: bool = False,
+                 affinity_cell: float = 0.05) -> None:
         super().__init__()
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -118,6 +129,8 @@ class RGSAN(nn.Module):
             mask_position_prior=mask_position_prior)
         self.offset_head = mlp([in_channels, 64, 64, 3]) if aux_instance_offsets else None
         self.semantic_head = nn.Linear(sp_channels, aux_semantic_classes) if aux_semantic_classes > 0 else None
+        self.affinity_head = AffinityHead(sp_channels) if aux_affinity else None
+        self.affinity_cell = affinity_cell
         self.superpoint_geometry = superpoint_geometry
         self.parser = DependencyParser(model=parser_model, max_words=max_words)
         self.position_refinement = position_refinement
@@ -224,6 +237,13 @@ class RGSAN(nn.Module):
         out = self.tlm(words, graphs.node_mask, lap_pe, graphs.relation, graphs.src, graphs.dst, select,
                        sp_feats, sp_centers, sp_pad, batch.desc_scene.to(device))
         index = select.tolist()
+        edges = edge_logits = None
+        if self.affinity_head is not None:
+            edges, contact = superpoint_edges(batch.coord.to(device), batch.superpoint, batch.point_scene,
+                                              self.affinity_cell)
+            pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
+                                  batch.sp_center.to(sp.dtype), edges, contact)
+            edge_logits = self.affinity_head(sp, edges, pairs)
         return RGSANOutputs(
             pred_masks=out.masks, pred_scores=out.scores, pred_positions=out.positions,
             sp_padding=sp_pad[batch.desc_scene.to(device)], query_index=select, word_positions=out.word_positions,
@@ -232,4 +252,5 @@ class RGSAN(nn.Module):
             position_supervised=self.position_refinement,
             sp_semantic_logits=self.semantic_head(sp) if self.semantic_head is not None else None,
             sp_instance_centers=(batch.sp_center.to(sp.dtype) + self.offset_head(sp_in)
-                                 if self.offset_head is not None else None))
+                                 if self.offset_head is not None else None),
+            sp_edges=edges, sp_edge_logits=edge_logits)

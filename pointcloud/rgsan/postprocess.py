@@ -6,9 +6,11 @@ the points of its scene through the superpoint ids, then scattered to the prepar
 keeps every point in order, so ``pred_mask`` lines up with the evaluator's ground truth). The score is reported
 but not used, as in the original.
 
-``snap_to_instances=True`` (an addition, for models with ``aux_instance_offsets``) replaces each binarised mask
-by the group of superpoints (grouped by predicted instance centre within ``cluster_radius``) that the mask's
-probabilities cover best (:mod:`pointcloud.rgsan.instances`): the answer is then always whole instances.
+``snap_to_instances=True`` (an addition, for models with ``aux_affinity`` or ``aux_instance_offsets``) replaces
+each binarised mask by the group of superpoints that the mask's probabilities cover best
+(:func:`pointcloud.rgsan.instances.snap_to_groups`): the answer is then always whole objects. Groups come from
+average linkage of the predicted superpoint affinities (:mod:`pointcloud.rgsan.affinity`) when the model has
+them, else from predicted instance centres within ``cluster_radius``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 from datasets.batch3d import ReferBatch3D
 from datasets.pointmask import mask_to_rle
 from pointcloud.rgsan.instances import group_by_centres, snap_to_groups
+from pointcloud.superpoint_graph import average_linkage
 from pointcloud.superpoint_pool import superpoint_counts
 
 
@@ -64,11 +67,13 @@ class RGSANPostprocess:
     Args:
         threshold: sigmoid threshold of the superpoint mask (0.5).
         snap_to_instances: answer with the best-covered group of superpoints instead (needs a model with
-            ``aux_instance_offsets``).
+            ``aux_affinity`` or ``aux_instance_offsets``).
         cluster_radius: metres; superpoints whose predicted instance centres are this close are grouped.
+        affinity_threshold: adjacent groups of superpoints merge while their mean affinity is above it.
     """
 
-    def __init__(self, threshold: float = 0.5, snap_to_instances: bool = False, cluster_radius: float = 0.3) -> None:
+    def __init__(self, threshold: float = 0.5, snap_to_instances: bool = False, cluster_radius: float = 0.3,
+                 affinity_threshold: float = 0.5) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"RGSANPostprocess.threshold must lie in (0, 1), got {threshold}")
         if cluster_radius <= 0:
@@ -76,13 +81,17 @@ class RGSANPostprocess:
         self.threshold = threshold
         self.snap_to_instances = snap_to_instances
         self.cluster_radius = cluster_radius
+        if not 0.0 <= affinity_threshold < 1.0:
+            raise ValueError(f"RGSANPostprocess.affinity_threshold must lie in [0, 1), got {affinity_threshold}")
+        self.affinity_threshold = affinity_threshold
 
     def _snapped(self, outputs: Any, batch: ReferBatch3D) -> Tensor:
         """(D, S_max) bool masks made of whole superpoint groups (see :mod:`pointcloud.rgsan.instances`)."""
         centres = getattr(outputs, "sp_instance_centers", None)
-        if centres is None:
-            raise ValueError("RGSANPostprocess(snap_to_instances=True) needs a model built with "
-                             "aux_instance_offsets=True (outputs.sp_instance_centers is None)")
+        edge_logits = getattr(outputs, "sp_edge_logits", None)
+        if centres is None and edge_logits is None:
+            raise ValueError("RGSANPostprocess(snap_to_instances=True) needs a model built with aux_affinity=True "
+                             "or aux_instance_offsets=True (the outputs carry neither edge scores nor centres)")
         prob = outputs.pred_masks[-1].detach().sigmoid()
         out = torch.zeros_like(prob, dtype=torch.bool)
         sizes = superpoint_counts(batch.superpoint, int(batch.sp_offsets[-1])).to(prob.device)
@@ -91,7 +100,14 @@ class RGSANPostprocess:
             if desc[b] == desc[b + 1]:
                 continue
             lo, hi = offsets[b], offsets[b + 1]
-            groups = group_by_centres(centres[lo:hi].detach(), self.cluster_radius)
+            if edge_logits is not None:  # affinity first: it groups better (docs/rgsan.md)
+                edges = outputs.sp_edges
+                mine = (edges[:, 0] >= lo) & (edges[:, 0] < hi)  # edges never join two scenes
+                labels = average_linkage(hi - lo, edges[mine] - lo, edge_logits[mine].detach().sigmoid(),
+                                         self.affinity_threshold)
+                groups = torch.from_numpy(labels).to(prob.device)
+            else:
+                groups = group_by_centres(centres[lo:hi].detach(), self.cluster_radius)
             out[desc[b]:desc[b + 1], :hi - lo] = snap_to_groups(prob[desc[b]:desc[b + 1], :hi - lo], groups,
                                                                 sizes[lo:hi])
         return out

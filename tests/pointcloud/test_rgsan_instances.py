@@ -1,17 +1,27 @@
-"""Instance-centre offsets, superpoint grouping and snapped masks (pointcloud/rgsan/instances.py), by hand."""
+"""Instance-centre offsets, superpoint affinities, grouping, snapped masks and the instance ranking loss
+(pointcloud/rgsan/instances.py, affinity.py), by hand."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_rgsan import RECORDS, batch_of, build, scenes  # noqa: F401  (scenes is a fixture)
 
 from datasets.refer3d import NO_MAJORITY
 from pointcloud.rgsan import RGSANCriterion, RGSANPostprocess
-from pointcloud.rgsan.instances import group_by_centres, instance_center_targets, snap_to_groups
+from pointcloud.rgsan.affinity import PAIR_GEOMETRY_DIM, AffinityHead, edge_targets, pair_geometry
+from pointcloud.rgsan.instances import (
+    group_by_centres,
+    instance_center_targets,
+    instance_ranking_loss,
+    snap_to_groups,
+)
+from pointcloud.superpoint_graph import superpoint_edges
 
 
 def test_instance_center_targets_by_hand() -> None:
@@ -96,3 +106,104 @@ def test_offset_head_and_loss(scenes: Path) -> None:  # noqa: F811
     assert model.offset_head[0].weight.grad.abs().sum() > 0
     assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0   # the U-Net learns instance-aware features
     assert "loss_offset" not in RGSANCriterion()(build(encoder)(batch), batch)  # the published model
+
+
+# ---------------------------------------------------------------------------------------------- affinity
+def test_edge_targets_by_hand() -> None:
+    edges = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4], [0, 4]])
+    labels = torch.tensor([5, 5, 7, NO_MAJORITY, -1])
+    target, valid = edge_targets(edges, labels)
+    assert target.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert valid.tolist() == [True, True, False, False, False]
+
+
+def test_instance_ranking_loss_by_hand() -> None:
+    # One scene, superpoints 0, 1 on instance 5 (1 and 3 points), 2 on instance 7 (2 points), 3 in none.
+    # Description 0 targets instance 5; description 1 has no GT superpoint and is left out.
+    p = torch.tensor([0.5, 0.5, 0.2, 0.9])
+    logits = torch.logit(p)[None, None].repeat(2, 2, 1).requires_grad_(True)  # (L + 1 = 2, D = 2, S = 4)
+    gt = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])
+    loss = instance_ranking_loss(logits, gt, torch.tensor([5, 5, 7, -1]), torch.tensor([1, 3, 2, 4]),
+                                 torch.tensor([0, 4]), torch.tensor([0, 2]))
+    # m_5 = (0.5 * 1 + 0.5 * 3) / 4 = 0.5, m_7 = 0.2; superpoint 3 is no candidate however high it scores.
+    per_prediction = math.log(0.7 + 1e-6) - math.log(0.5 + 1e-6)
+    assert abs(loss.item() - 2 * per_prediction) < 1e-5
+    loss.backward()
+    assert (logits.grad[:, 0, :2] < 0).all() and (logits.grad[:, 0, 2] > 0).all()  # up on the target, down elsewhere
+    assert (logits.grad[:, 0, 3] == 0).all() and (logits.grad[:, 1] == 0).all()
+
+
+def test_affinity_head_and_loss(scenes: Path) -> None:  # noqa: F811
+    from grounding.text import TextEncoder
+
+    batch = batch_of(scenes, RECORDS)
+    encoder = TextEncoder()
+    model = build(encoder, aux_affinity=True, affinity_cell=0.1).train()
+    out = model(batch)
+    edges, _ = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.1)
+    assert torch.equal(out.sp_edges, edges) and out.sp_edge_logits.shape == (len(edges),)
+    terms = RGSANCriterion()(out, batch)
+    target, ok = edge_targets(edges, batch.sp_ins_label)
+    assert ok.any() and (target[ok] == 1).any() and ok.sum() < len(ok)  # box-box edges; floor edges ignored
+    torch.testing.assert_close(terms["loss_affinity"],
+                               F.binary_cross_entropy_with_logits(out.sp_edge_logits[ok], target[ok]))
+    terms["loss_affinity"].backward()
+    assert model.affinity_head.mlp[0].weight.grad.abs().sum() > 0
+    assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0  # the U-Net learns to separate objects
+    published = build(encoder)(batch)
+    assert published.sp_edges is None and "loss_affinity" not in RGSANCriterion()(published, batch)
+
+
+def test_affinity_head_learns_to_separate_the_boxes(scenes: Path) -> None:  # noqa: F811
+    # The boxes stand about 0.7 m apart; 0.5 m cells make neighbouring boxes' superpoints adjacent.
+    batch = batch_of(scenes, RECORDS)
+    edges, contact = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.5)
+    pairs = pair_geometry(batch.feat, batch.superpoint, batch.point_scene, batch.sp_center, edges, contact)
+    assert pairs.shape == (len(edges), PAIR_GEOMETRY_DIM) and torch.isfinite(pairs).all()
+    target, ok = edge_targets(edges, batch.sp_ins_label)
+    assert (target[ok] == 0).any() and (target[ok] == 1).any()
+    torch.manual_seed(0)
+    head = AffinityHead(channels=4)
+    feats = torch.zeros(int(batch.sp_offsets[-1]), 4)  # no learned features: the pair geometry must do it
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = F.binary_cross_entropy_with_logits(head(feats, edges, pairs)[ok], target[ok])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    assert loss.item() < 0.1 * first
+    assert ((head(feats, edges, pairs)[ok] > 0).float() == target[ok]).all()
+
+
+def test_snapped_postprocess_with_affinity_groups(scenes: Path) -> None:  # noqa: F811
+    batch = batch_of(scenes, RECORDS)
+    edges, _ = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.1)
+    target, ok = edge_targets(edges, batch.sp_ins_label)
+    edge_logits = torch.where(ok & (target > 0), 6.0, -6.0)  # perfect affinities; floor superpoints stay alone
+    gt = batch.gt_spmask.float()
+    spill = torch.zeros_like(gt)
+    for j in range(len(batch)):
+        b = int(batch.desc_scene[j])
+        labels = batch.sp_ins_label[int(batch.sp_offsets[b]):int(batch.sp_offsets[b + 1])]
+        other = [o for o in (10, 11, 12, 13) if (o,) != batch.object_ids[j]][0]
+        spill[j, :len(labels)] = (labels == other).float()
+    # The target is covered at 0.9 except one superpoint at 0.3; a neighbour box at 0.6: plain thresholding
+    # loses part of the target and keeps the neighbour, the snapped answer is exactly the target box.
+    low = torch.zeros_like(gt)
+    for j in range(len(batch)):
+        hits = torch.nonzero(gt[j]).flatten()
+        if len(hits):
+            low[j, hits[0]] = 1.0
+    prob = torch.clamp(0.9 * gt - 0.6 * low + 0.6 * spill, 0.01, 0.99)
+    outputs = _outputs(batch, torch.logit(prob), None)
+    outputs.sp_edges, outputs.sp_edge_logits = edges, edge_logits
+    snapped = RGSANPostprocess(snap_to_instances=True)(outputs, batch)
+    plain = RGSANPostprocess()(outputs, batch)
+    gts = batch.eval_gt_masks()
+    for j, (p, s) in enumerate(zip(plain, snapped)):
+        if batch.gt_spmask[j].any():
+            assert not torch.equal(p.pred_mask, gts[j])
+            assert torch.equal(s.pred_mask, gts[j])
