@@ -76,3 +76,10 @@ def test_demo_config_composes_and_differs_from_the_recipe(tmp_path: Path) -> Non
     assert recipe.scheduler.milestones == [26, 34, 46] and recipe.trainer.max_epochs == 70
     assert recipe.optimizer.weight_decay == 5e-4 and recipe.seed == 1999
     assert recipe.model.net.backbone_lr_mult == 0.01 and recipe.text_encoder.max_length == 256
+    # The demo answers with whole objects (docs/rgsan.md, Additions); the published recipe does not.
+    assert demo.model.net.aux_affinity and demo.model.postprocess.snap_to_instances
+    assert demo.model.criterion.instance_ranking and demo.model.loss_weights.loss_instance > 0
+    assert not recipe.model.net.aux_affinity and not recipe.model.postprocess.snap_to_instances
+    assert "loss_affinity" not in recipe.model.loss_weights
+    # The schedule is step-bounded, so the cosine ends inside the 10 minutes however many epochs it spans.
+    assert demo.trainer.max_steps == 360 and demo.trainer.max_steps < demo.trainer.max_epochs * 85

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from datasets.refer3d import NO_MAJORITY
 from pointcloud.rgsan.tlm import mlp
-from pointcloud.superpoint_graph import superpoint_shape
-from pointcloud.superpoint_pool import superpoint_counts, superpoint_geometry
+from pointcloud.superpoint_graph import average_linkage, superpoint_shape
+from pointcloud.superpoint_pool import SUPERPOINT_GEOMETRY_DIM, superpoint_counts, superpoint_geometry, superpoint_pool
 
 PAIR_GEOMETRY_DIM = 21
 
@@ -93,3 +93,51 @@ def edge_targets(edges: Tensor, sp_ins_label: Tensor) -> tuple[Tensor, Tensor]:
     la, lb = sp_ins_label[edges[:, 0]], sp_ins_label[edges[:, 1]]
     valid = (la >= 0) & (lb >= 0) & (la != NO_MAJORITY) & (lb != NO_MAJORITY)
     return (la == lb).float(), valid
+
+
+GROUP_GEOMETRY_DIM = SUPERPOINT_GEOMETRY_DIM + 1
+
+
+def group_superpoints(edges: Tensor, prob: Tensor, sp_offsets: Tensor, threshold: float = 0.5) -> Tensor:
+    """Objects of every scene of the batch: average linkage of the edge probabilities, scene by scene.
+
+    Args:
+        edges: (E, 2) global superpoint pairs (never across scenes); prob: (E,) "same object" probabilities;
+        sp_offsets: (B + 1,) superpoint offsets per scene; threshold: see
+        :func:`pointcloud.superpoint_graph.average_linkage`.
+
+    Returns:
+        (S,) int64 group of each superpoint, named by its smallest global superpoint id (unique in the batch).
+    """
+    offsets = sp_offsets.tolist()
+    groups = torch.empty(offsets[-1], dtype=torch.long)
+    edges_cpu, prob_cpu = edges.detach().cpu(), prob.detach().cpu()
+    scene_of_edge = torch.searchsorted(torch.as_tensor(offsets[1:]), edges_cpu[:, 0].contiguous(), right=True)
+    for b in range(len(offsets) - 1):
+        lo, hi = offsets[b], offsets[b + 1]
+        mine = scene_of_edge == b
+        labels = average_linkage(hi - lo, edges_cpu[mine] - lo, prob_cpu[mine], threshold)
+        groups[lo:hi] = torch.from_numpy(labels) + lo
+    return groups.to(edges.device)
+
+
+def group_context(sp_feats: Tensor, groups: Tensor, feat: Tensor, superpoint: Tensor, point_scene: Tensor) -> Tensor:
+    """What each superpoint's object looks like as a whole, appended to the superpoint's own features.
+
+    Args:
+        sp_feats: (S, C) superpoint features; groups: (S,) group ids (:func:`group_superpoints`);
+        feat: (P, 6) the batch's ``[colour, xyz_middle]``; superpoint: (P,) global ids; point_scene: (P,).
+
+    Returns:
+        (S, C + 8): the mean feature of the group's superpoints, then the group's hand-made geometry over all its
+        points (mean colour, centre and top height above the floor, horizontal and vertical spread:
+        :func:`pointcloud.superpoint_pool.superpoint_geometry`) and its log point count. The size and height of
+        the whole object tell a table from a chair far better than any one of its superpoints.
+    """
+    _, group = torch.unique(groups, return_inverse=True)
+    num = int(group.max()) + 1 if group.numel() else 0
+    mean = superpoint_pool(sp_feats, group, num)
+    point_group = group[superpoint]
+    geom = superpoint_geometry(feat, point_group, point_scene, num)
+    size = superpoint_counts(point_group, num).to(feat.dtype).clamp_min(1).log()[:, None]
+    return torch.cat([mean, geom, size], 1)[group]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from datasets.batch3d import ReferBatch3D
 from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
 from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
-from pointcloud.rgsan.affinity import AffinityHead, pair_geometry
+from pointcloud.rgsan.affinity import GROUP_GEOMETRY_DIM, AffinityHead, group_context, group_superpoints, pair_geometry
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
 from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
 from pointcloud.superpoint_graph import superpoint_edges
@@ -115,13 +115,18 @@ class RGSAN(nn.Module):
                  backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
                  aux_semantic_classes: int = 0, superpoint_geometry: bool = False,
                  mask_position_prior: bool = False, aux_instance_offsets: bool = False, aux_affinity: bool = False,
-                 affinity_cell: float = 0.05) -> None:
+                 affinity_cell: float = 0.05, instance_context: bool = False) -> None:
         super().__init__()
+        if instance_context and not aux_affinity:
+            raise ValueError("RGSAN(instance_context=True) groups superpoints by the affinity head: it needs "
+                             "aux_affinity=True")
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.text_proj = nn.Linear(text_encoder.dim, d_model)
         sp_channels = int(getattr(backbone, "out_channels", 32))
-        in_channels = sp_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)  # decoder's input
+        in_channels = (sp_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)  # decoder's input
+                       + (sp_channels + GROUP_GEOMETRY_DIM if instance_context else 0))
+        self.instance_context = instance_context
         self.tlm = TextLocalizationModule(
             sp_channels=in_channels, dim=d_model, num_heads=num_heads,
             ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
@@ -208,6 +213,17 @@ class RGSAN(nn.Module):
         if self.superpoint_geometry:
             geom = superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene, num_sp)
             sp_in = torch.cat([sp, geom], 1)
+        edges = edge_logits = None
+        if self.affinity_head is not None:
+            edges, contact = superpoint_edges(batch.coord.to(device), batch.superpoint, batch.point_scene,
+                                              self.affinity_cell)
+            pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
+                                  batch.sp_center.to(sp.dtype), edges, contact)
+            edge_logits = self.affinity_head(sp, edges, pairs)
+        if self.instance_context:
+            groups = group_superpoints(edges, edge_logits.detach().sigmoid(), batch.sp_offsets)
+            sp_in = torch.cat([sp_in, group_context(sp, groups, batch.feat.to(sp.dtype), batch.superpoint,
+                                                    batch.point_scene)], 1)
         sp_feats, valid = pad_by_offsets(sp_in, batch.sp_offsets)
         sp_centers, _ = pad_by_offsets(batch.sp_center.to(sp.dtype), batch.sp_offsets)
         sp_pad = ~valid
@@ -237,13 +253,6 @@ class RGSAN(nn.Module):
         out = self.tlm(words, graphs.node_mask, lap_pe, graphs.relation, graphs.src, graphs.dst, select,
                        sp_feats, sp_centers, sp_pad, batch.desc_scene.to(device))
         index = select.tolist()
-        edges = edge_logits = None
-        if self.affinity_head is not None:
-            edges, contact = superpoint_edges(batch.coord.to(device), batch.superpoint, batch.point_scene,
-                                              self.affinity_cell)
-            pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
-                                  batch.sp_center.to(sp.dtype), edges, contact)
-            edge_logits = self.affinity_head(sp, edges, pairs)
         return RGSANOutputs(
             pred_masks=out.masks, pred_scores=out.scores, pred_positions=out.positions,
             sp_padding=sp_pad[batch.desc_scene.to(device)], query_index=select, word_positions=out.word_positions,

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from datasets.batch3d import ReferBatch3D
 from datasets.pointmask import mask_to_rle
+from pointcloud.rgsan.affinity import group_superpoints
 from pointcloud.rgsan.instances import group_by_centres, snap_to_groups
-from pointcloud.superpoint_graph import average_linkage
 from pointcloud.superpoint_pool import superpoint_counts
 
 
@@ -96,16 +96,15 @@ class RGSANPostprocess:
         out = torch.zeros_like(prob, dtype=torch.bool)
         sizes = superpoint_counts(batch.superpoint, int(batch.sp_offsets[-1])).to(prob.device)
         offsets, desc = batch.sp_offsets.tolist(), batch.desc_offsets.tolist()
+        if edge_logits is not None:
+            affinity_groups = group_superpoints(outputs.sp_edges, edge_logits.detach().sigmoid(), batch.sp_offsets,
+                                                self.affinity_threshold).to(prob.device)
         for b in range(batch.num_scenes):
             if desc[b] == desc[b + 1]:
                 continue
             lo, hi = offsets[b], offsets[b + 1]
             if edge_logits is not None:  # affinity first: it groups better (docs/rgsan.md)
-                edges = outputs.sp_edges
-                mine = (edges[:, 0] >= lo) & (edges[:, 0] < hi)  # edges never join two scenes
-                labels = average_linkage(hi - lo, edges[mine] - lo, edge_logits[mine].detach().sigmoid(),
-                                         self.affinity_threshold)
-                groups = torch.from_numpy(labels).to(prob.device)
+                groups = affinity_groups[lo:hi] - lo
             else:
                 groups = group_by_centres(centres[lo:hi].detach(), self.cluster_radius)
             out[desc[b]:desc[b + 1], :hi - lo] = snap_to_groups(prob[desc[b]:desc[b + 1], :hi - lo], groups,
