@@ -25,13 +25,14 @@ from pointcloud.superpoint_pool import SUPERPOINT_GEOMETRY_DIM, superpoint_count
 PAIR_GEOMETRY_DIM = 21
 
 
-def pair_geometry(feat: Tensor, superpoint: Tensor, point_scene: Tensor, sp_center: Tensor, edges: Tensor,
+def pair_geometry(feat: Tensor, superpoint: Tensor, geom: Tensor, sp_center: Tensor, edges: Tensor,
                   contact: Tensor) -> Tensor:
     """Symmetric hand-made descriptors of each edge (a, b).
 
     Args:
         feat: (P, 6) the batch's ``[colour in [-1, 1], xyz_middle]``; superpoint: (P,) global ids;
-        point_scene: (P,) scene of each point; sp_center: (S, 3) metres, mean point of each superpoint;
+        geom: (S, 7) :func:`pointcloud.superpoint_pool.superpoint_geometry` of the superpoints (the model computes
+        it once for this and for the decoder input); sp_center: (S, 3) metres, mean point of each superpoint;
         edges: (E, 2) global superpoint pairs; contact: (E,) their contact counts.
 
     Returns:
@@ -39,8 +40,7 @@ def pair_geometry(feat: Tensor, superpoint: Tensor, point_scene: Tensor, sp_cent
         ``|n_a . n_b|`` (1), then min and max over the pair of: ``|n_z|``, centre height, top height, horizontal
         spread, vertical spread, thickness, log point count (14), and ``log contact`` (1).
     """
-    num_superpoints = sp_center.shape[0]
-    geom = superpoint_geometry(feat, superpoint, point_scene, num_superpoints)  # colour 3, heights 2, spreads 2
+    num_superpoints = sp_center.shape[0]  # geom: colour 3, heights 2, spreads 2
     normal, extent = superpoint_shape(feat[:, 3:6], superpoint, num_superpoints)
     center = sp_center.to(feat.dtype)
     size = superpoint_counts(superpoint, num_superpoints).to(feat.dtype).clamp_min(1).log()

@@ -128,8 +128,7 @@ def instance_ranking_loss(masks: Tensor, gt: Tensor, sp_ins_label: Tensor, sizes
         prob = masks[:, d0:d1, :hi - lo].sigmoid()  # (L + 1, D_b, S_b)
         num = prob.new_zeros(*prob.shape[:2], k).index_add_(2, inverse, prob * w)
         den = w.new_zeros(k).index_add_(0, inverse, w)
-        # GT points of each description on each instance (D_b, K)
-        cover = (gt[d0:d1, :hi - lo].to(w.dtype) * w) @ torch.nn.functional.one_hot(inverse, k).to(w.dtype)
+        cover = w.new_zeros(d1 - d0, k).index_add_(1, inverse, gt[d0:d1, :hi - lo].to(w.dtype) * w)  # GT points
         real = ids >= 0
         mean, cover = num[..., real] / den[real].clamp_min(1e-9), cover[:, real]
         has = cover.amax(1) > 0

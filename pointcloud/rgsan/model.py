@@ -210,15 +210,17 @@ class RGSAN(nn.Module):
         num_sp = int(batch.sp_offsets[-1])
         sp = superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, num_sp)
         sp_in = sp
-        if self.superpoint_geometry:
+        geom = None
+        if self.superpoint_geometry or self.affinity_head is not None:  # once, for the decoder and the pairs
             geom = superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene, num_sp)
+        if self.superpoint_geometry:
             sp_in = torch.cat([sp, geom], 1)
         edges = edge_logits = None
         if self.affinity_head is not None:
             edges, contact = superpoint_edges(batch.coord.to(device), batch.superpoint, batch.point_scene,
                                               self.affinity_cell)
-            pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
-                                  batch.sp_center.to(sp.dtype), edges, contact)
+            pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, geom, batch.sp_center.to(sp.dtype),
+                                  edges, contact)
             edge_logits = self.affinity_head(sp, edges, pairs)
         if self.instance_context:
             groups = group_superpoints(edges, edge_logits.detach().sigmoid(), batch.sp_offsets)

@@ -30,6 +30,7 @@ from pointcloud.rgsan.instances import (
     snap_to_groups,
 )
 from pointcloud.superpoint_graph import superpoint_edges
+from pointcloud.superpoint_pool import superpoint_geometry
 
 
 def test_instance_center_targets_by_hand() -> None:
@@ -71,6 +72,17 @@ def _outputs(batch, logits: torch.Tensor, centres: torch.Tensor | None) -> Simpl
                            output_words=["box"] * d, rules=["subject"] * d, sp_instance_centers=centres)
 
 
+def _neighbour_box(batch) -> torch.Tensor:
+    """(D, S_max) float: 1 on the superpoints of one box of the scene that is not the description's target."""
+    spill = torch.zeros_like(batch.gt_spmask, dtype=torch.float)
+    for j in range(len(batch)):
+        b = int(batch.desc_scene[j])
+        labels = batch.sp_ins_label[int(batch.sp_offsets[b]):int(batch.sp_offsets[b + 1])]
+        other = [o for o in (10, 11, 12, 13) if (o,) != batch.object_ids[j]][0]
+        spill[j, :len(labels)] = (labels == other).float()
+    return spill
+
+
 def test_snapped_postprocess_removes_spill_onto_other_instances(scenes: Path) -> None:  # noqa: F811
     batch = batch_of(scenes, RECORDS)
     targets, valid = instance_center_targets(batch.coord, batch.instance, batch.point_scene, batch.sp_ins_label,
@@ -79,12 +91,7 @@ def test_snapped_postprocess_removes_spill_onto_other_instances(scenes: Path) ->
     gt = batch.gt_spmask.float()
     # Every description's mask spills over one neighbouring box at probability 0.6 (target: 0.9), so the plain
     # postprocess answers with two boxes.
-    spill = torch.zeros_like(gt)
-    for j in range(len(batch)):
-        b = int(batch.desc_scene[j])
-        labels = batch.sp_ins_label[int(batch.sp_offsets[b]):int(batch.sp_offsets[b + 1])]
-        other = [o for o in (10, 11, 12, 13) if (o,) != batch.object_ids[j]][0]
-        spill[j, :len(labels)] = (labels == other).float()
+    spill = _neighbour_box(batch)
     logits = torch.logit(torch.clamp(0.9 * gt + 0.6 * spill, 0.01, 0.99))
     plain = RGSANPostprocess()(_outputs(batch, logits, centres), batch)
     snapped = RGSANPostprocess(snap_to_instances=True, cluster_radius=0.05)(_outputs(batch, logits, centres), batch)
@@ -166,13 +173,15 @@ def test_affinity_head_learns_to_separate_the_boxes(scenes: Path) -> None:  # no
     # The boxes stand about 0.7 m apart; 0.5 m cells make neighbouring boxes' superpoints adjacent.
     batch = batch_of(scenes, RECORDS)
     edges, contact = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.5)
-    pairs = pair_geometry(batch.feat, batch.superpoint, batch.point_scene, batch.sp_center, edges, contact)
+    num_sp = int(batch.sp_offsets[-1])
+    geom = superpoint_geometry(batch.feat, batch.superpoint, batch.point_scene, num_sp)
+    pairs = pair_geometry(batch.feat, batch.superpoint, geom, batch.sp_center, edges, contact)
     assert pairs.shape == (len(edges), PAIR_GEOMETRY_DIM) and torch.isfinite(pairs).all()
     target, ok = edge_targets(edges, batch.sp_ins_label)
     assert (target[ok] == 0).any() and (target[ok] == 1).any()
     torch.manual_seed(0)
     head = AffinityHead(channels=4)
-    feats = torch.zeros(int(batch.sp_offsets[-1]), 4)  # no learned features: the pair geometry must do it
+    feats = torch.zeros(num_sp, 4)  # no learned features: the pair geometry must do it
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     first = None
     for _ in range(150):
@@ -192,12 +201,7 @@ def test_snapped_postprocess_with_affinity_groups(scenes: Path) -> None:  # noqa
     target, ok = edge_targets(edges, batch.sp_ins_label)
     edge_logits = torch.where(ok & (target > 0), 6.0, -6.0)  # perfect affinities; floor superpoints stay alone
     gt = batch.gt_spmask.float()
-    spill = torch.zeros_like(gt)
-    for j in range(len(batch)):
-        b = int(batch.desc_scene[j])
-        labels = batch.sp_ins_label[int(batch.sp_offsets[b]):int(batch.sp_offsets[b + 1])]
-        other = [o for o in (10, 11, 12, 13) if (o,) != batch.object_ids[j]][0]
-        spill[j, :len(labels)] = (labels == other).float()
+    spill = _neighbour_box(batch)
     # The target is covered at 0.9 except one superpoint at 0.3; a neighbour box at 0.6: plain thresholding
     # loses part of the target and keeps the neighbour, the snapped answer is exactly the target box.
     low = torch.zeros_like(gt)
