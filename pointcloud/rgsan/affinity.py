@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from datasets.refer3d import NO_MAJORITY
 from pointcloud.rgsan.tlm import mlp
 from pointcloud.superpoint_graph import average_linkage, superpoint_shape
-from pointcloud.superpoint_pool import SUPERPOINT_GEOMETRY_DIM, superpoint_counts, superpoint_geometry, superpoint_pool
+from pointcloud.superpoint_pool import superpoint_counts
 
 PAIR_GEOMETRY_DIM = 21
 
@@ -95,7 +95,6 @@ def edge_targets(edges: Tensor, sp_ins_label: Tensor) -> tuple[Tensor, Tensor]:
     return (la == lb).float(), valid
 
 
-GROUP_GEOMETRY_DIM = SUPERPOINT_GEOMETRY_DIM + 1
 
 
 def group_superpoints(edges: Tensor, prob: Tensor, sp_offsets: Tensor, threshold: float = 0.5) -> Tensor:
@@ -119,25 +118,3 @@ def group_superpoints(edges: Tensor, prob: Tensor, sp_offsets: Tensor, threshold
         labels = average_linkage(hi - lo, edges_cpu[mine] - lo, prob_cpu[mine], threshold)
         groups[lo:hi] = torch.from_numpy(labels) + lo
     return groups.to(edges.device)
-
-
-def group_context(sp_feats: Tensor, groups: Tensor, feat: Tensor, superpoint: Tensor, point_scene: Tensor) -> Tensor:
-    """What each superpoint's object looks like as a whole, appended to the superpoint's own features.
-
-    Args:
-        sp_feats: (S, C) superpoint features; groups: (S,) group ids (:func:`group_superpoints`);
-        feat: (P, 6) the batch's ``[colour, xyz_middle]``; superpoint: (P,) global ids; point_scene: (P,).
-
-    Returns:
-        (S, C + 8): the mean feature of the group's superpoints, then the group's hand-made geometry over all its
-        points (mean colour, centre and top height above the floor, horizontal and vertical spread:
-        :func:`pointcloud.superpoint_pool.superpoint_geometry`) and its log point count. The size and height of
-        the whole object tell a table from a chair far better than any one of its superpoints.
-    """
-    _, group = torch.unique(groups, return_inverse=True)
-    num = int(group.max()) + 1 if group.numel() else 0
-    mean = superpoint_pool(sp_feats, group, num)
-    point_group = group[superpoint]
-    geom = superpoint_geometry(feat, point_group, point_scene, num)
-    size = superpoint_counts(point_group, num).to(feat.dtype).clamp_min(1).log()[:, None]
-    return torch.cat([mean, geom, size], 1)[group]

@@ -28,6 +28,11 @@ Only with ``RGSAN(aux_affinity=True)`` (not published):
 - ``loss_affinity``: BCE-with-logits of each superpoint edge's "same object" logit against "both superpoints have
   the same majority instance", mean over edges whose two superpoints both have one.
 
+Only with ``RGSAN(object_context=True)`` (not published):
+
+- ``loss_object_class``: cross-entropy of each object group's class logits against the majority label of the
+  group's points (groups without a labelled point are ignored).
+
 Only with ``RGSANCriterion(instance_ranking=True)`` (not published):
 
 - ``loss_instance``: cross-entropy over the scene's annotated instances of the point-weighted mean mask
@@ -150,6 +155,13 @@ class RGSANCriterion(nn.Module):
             target, ok = edge_targets(outputs.sp_edges, batch.sp_ins_label.to(edge_logits.device))
             terms["loss_affinity"] = (F.binary_cross_entropy_with_logits(edge_logits[ok], target[ok])
                                       if bool(ok.any()) else edge_logits.sum() * 0.0)
+        object_logits = getattr(outputs, "object_logits", None)
+        if object_logits is not None:
+            dev = object_logits.device
+            labels = superpoint_majority(batch.semantic.to(dev), outputs.object_groups[batch.superpoint.to(dev)],
+                                         object_logits.shape[0], object_logits.shape[1])
+            terms["loss_object_class"] = (F.cross_entropy(object_logits, labels, ignore_index=IGNORE)
+                                          if bool((labels >= 0).any()) else object_logits.sum() * 0.0)
         if self.instance_ranking:
             sizes = superpoint_counts(batch.superpoint, int(batch.sp_offsets[-1]))
             terms["loss_instance"] = instance_ranking_loss(masks, gt, batch.sp_ins_label, sizes, batch.sp_offsets,

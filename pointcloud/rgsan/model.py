@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from datasets.batch3d import ReferBatch3D
 from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
 from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
-from pointcloud.rgsan.affinity import GROUP_GEOMETRY_DIM, AffinityHead, group_context, group_superpoints, pair_geometry
+from pointcloud.rgsan.affinity import AffinityHead, group_superpoints, pair_geometry
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
+from pointcloud.rgsan.objects import ObjectContext, instance_groups
 from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
 from pointcloud.superpoint_graph import superpoint_edges
 from pointcloud.superpoint_pool import (
@@ -53,6 +54,9 @@ class RGSANOutputs:
             predicted offset); None without ``aux_instance_offsets``.
         sp_edges: (E, 2) int64 adjacent superpoint pairs (global ids, batch order) and sp_edge_logits: (E,) their
             "same object" logits; None without ``aux_affinity`` (:mod:`pointcloud.rgsan.affinity`).
+        object_groups: (S_total,) int64 object group of each superpoint in [0, G) (annotated instances in training,
+            affinity groups otherwise) and object_logits: (G, C) their class logits; None without
+            ``object_context`` (:mod:`pointcloud.rgsan.objects`).
     """
 
     pred_masks: Tensor
@@ -68,6 +72,8 @@ class RGSANOutputs:
     sp_instance_centers: Tensor | None = None
     sp_edges: Tensor | None = None
     sp_edge_logits: Tensor | None = None
+    object_groups: Tensor | None = None
+    object_logits: Tensor | None = None
 
 
 class RGSAN(nn.Module):
@@ -106,6 +112,10 @@ class RGSAN(nn.Module):
             cells) "same object?" (``loss_affinity``); ``RGSANPostprocess(snap_to_instances=True)`` then groups
             superpoints by average linkage of these scores (:mod:`pointcloud.rgsan.affinity`). Not published;
             takes precedence over the offsets for snapping when both are on.
+        object_context: group superpoints into objects (annotated instances in training, affinity groups
+            otherwise), classify each group from its mean feature and hand-made geometry (``loss_object_class``)
+            and append its class probabilities and geometry to each superpoint's decoder input
+            (:mod:`pointcloud.rgsan.objects`). Needs ``aux_affinity`` and ``aux_semantic_classes``. Not published.
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -115,18 +125,19 @@ class RGSAN(nn.Module):
                  backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
                  aux_semantic_classes: int = 0, superpoint_geometry: bool = False,
                  mask_position_prior: bool = False, aux_instance_offsets: bool = False, aux_affinity: bool = False,
-                 affinity_cell: float = 0.05, instance_context: bool = False) -> None:
+                 affinity_cell: float = 0.05, object_context: bool = False) -> None:
         super().__init__()
-        if instance_context and not aux_affinity:
-            raise ValueError("RGSAN(instance_context=True) groups superpoints by the affinity head: it needs "
-                             "aux_affinity=True")
+        if object_context and (not aux_affinity or aux_semantic_classes <= 0):
+            raise ValueError("RGSAN(object_context=True) groups superpoints by the affinity head outside training "
+                             "and classifies the groups into the semantic classes: it needs aux_affinity=True and "
+                             f"aux_semantic_classes > 0 (got {aux_affinity}, {aux_semantic_classes})")
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.text_proj = nn.Linear(text_encoder.dim, d_model)
         sp_channels = int(getattr(backbone, "out_channels", 32))
+        self.object_context = ObjectContext(sp_channels, aux_semantic_classes) if object_context else None
         in_channels = (sp_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)  # decoder's input
-                       + (sp_channels + GROUP_GEOMETRY_DIM if instance_context else 0))
-        self.instance_context = instance_context
+                       + (self.object_context.out_channels if self.object_context is not None else 0))
         self.tlm = TextLocalizationModule(
             sp_channels=in_channels, dim=d_model, num_heads=num_heads,
             ffn_dim=ffn_dim, num_layers=num_layers, num_relations=len(DEPENDENCY_LABELS), lap_dim=LAP_PE_DIM,
@@ -222,10 +233,17 @@ class RGSAN(nn.Module):
             pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, geom, batch.sp_center.to(sp.dtype),
                                   edges, contact)
             edge_logits = self.affinity_head(sp, edges, pairs)
-        if self.instance_context:
-            groups = group_superpoints(edges, edge_logits.detach().sigmoid(), batch.sp_offsets)
-            sp_in = torch.cat([sp_in, group_context(sp, groups, batch.feat.to(sp.dtype), batch.superpoint,
-                                                    batch.point_scene)], 1)
+        object_logits = object_groups = None
+        if self.object_context is not None:
+            # Annotated objects in training (teacher forcing), the affinity head's groups otherwise.
+            if self.training and batch.sp_ins_label is not None:
+                object_groups = instance_groups(batch.sp_ins_label.to(device), batch.sp_offsets.to(device))
+            else:
+                groups = group_superpoints(edges, edge_logits.detach().sigmoid(), batch.sp_offsets)
+                object_groups = torch.unique(groups, return_inverse=True)[1]
+            context, object_logits = self.object_context(sp, object_groups, batch.feat.to(sp.dtype),
+                                                         batch.superpoint, batch.point_scene)
+            sp_in = torch.cat([sp_in, context], 1)
         sp_feats, valid = pad_by_offsets(sp_in, batch.sp_offsets)
         sp_centers, _ = pad_by_offsets(batch.sp_center.to(sp.dtype), batch.sp_offsets)
         sp_pad = ~valid
@@ -264,4 +282,4 @@ class RGSAN(nn.Module):
             sp_semantic_logits=self.semantic_head(sp) if self.semantic_head is not None else None,
             sp_instance_centers=(batch.sp_center.to(sp.dtype) + self.offset_head(sp_in)
                                  if self.offset_head is not None else None),
-            sp_edges=edges, sp_edge_logits=edge_logits)
+            sp_edges=edges, sp_edge_logits=edge_logits, object_groups=object_groups, object_logits=object_logits)

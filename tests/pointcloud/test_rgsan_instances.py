@@ -15,11 +15,9 @@ from test_rgsan import RECORDS, batch_of, build, scenes  # noqa: F401  (scenes i
 from datasets.refer3d import NO_MAJORITY
 from pointcloud.rgsan import RGSANCriterion, RGSANPostprocess
 from pointcloud.rgsan.affinity import (
-    GROUP_GEOMETRY_DIM,
     PAIR_GEOMETRY_DIM,
     AffinityHead,
     edge_targets,
-    group_context,
     group_superpoints,
     pair_geometry,
 )
@@ -228,36 +226,3 @@ def test_group_superpoints_scene_by_scene() -> None:
     assert groups.tolist() == [0, 0, 2, 3, 3]
     none = torch.zeros(0, 2, dtype=torch.long)
     assert group_superpoints(none, torch.zeros(0), torch.tensor([0, 2])).tolist() == [0, 1]
-
-
-def test_group_context_by_hand() -> None:
-    # Superpoints 0 and 2 form one object (3 points), superpoint 1 another (1 point), all in one scene.
-    sp_feats = torch.tensor([[1.0, 0.0], [5.0, 5.0], [3.0, 2.0]])
-    groups = torch.tensor([0, 1, 0])
-    superpoint = torch.tensor([0, 0, 2, 1])
-    colour = torch.tensor([[1.0, 0, 0], [0.0, 1, 0], [0.0, 0, 1], [1.0, 1, 1]])
-    xyz = torch.tensor([[0.0, 0, 0], [2.0, 0, 1], [0.0, 0, 2], [5.0, 5, 0]])
-    ctx = group_context(sp_feats, groups, torch.cat([colour, xyz], 1), superpoint, torch.zeros(4, dtype=torch.long))
-    assert ctx.shape == (3, 2 + GROUP_GEOMETRY_DIM)
-    torch.testing.assert_close(ctx[0], ctx[2])                       # one row per object, broadcast
-    torch.testing.assert_close(ctx[0, :2], torch.tensor([2.0, 1.0]))  # mean of superpoints 0 and 2
-    torch.testing.assert_close(ctx[0, 2:5], torch.tensor([1 / 3, 1 / 3, 1 / 3]))  # mean colour of its 3 points
-    torch.testing.assert_close(ctx[0, 5:7], torch.tensor([1.0, 2.0]))  # centre and top height above the floor
-    assert abs(float(ctx[0, -1]) - math.log(3)) < 1e-6 and float(ctx[1, -1]) == 0.0  # log point counts
-    torch.testing.assert_close(ctx[1, :2], torch.tensor([5.0, 5.0]))
-
-
-def test_instance_context_needs_the_affinity_head(scenes: Path) -> None:  # noqa: F811
-    from grounding.text import TextEncoder
-
-    encoder = TextEncoder()
-    with pytest.raises(ValueError, match="aux_affinity"):
-        build(encoder, instance_context=True)
-    batch = batch_of(scenes, RECORDS)
-    model = build(encoder, aux_affinity=True, instance_context=True, affinity_cell=0.1).train()
-    out = model(batch)
-    s_max = int(batch.sp_counts.max())
-    assert out.pred_masks.shape[1:] == (len(batch), s_max) and torch.isfinite(out.pred_masks).all()
-    terms = RGSANCriterion(instance_ranking=True)(out, batch)
-    (terms["loss_bce"] + terms["loss_instance"] + terms["loss_affinity"]).backward()
-    assert model.backbone.input_conv[0].weight.grad.abs().sum() > 0
