@@ -35,8 +35,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=1)
     g.add_argument("--force", action="store_true", help="re-prepare scenes that are up to date")
 
+    r = kinds.add_parser("refcoco", help="Check a RefCOCO/RefCOCO+/RefCOCOg root and count its splits.",
+                         description="Reads <root>/<dataset>/refs(<split_by>).p and instances.json of refcoco, "
+                         "refcoco+ and refcocog, prints refs and sentences per dataset, partition and split, and "
+                         "exits non-zero naming any missing file, unreadable record or missing image.")
+    r.add_argument("--root", required=True, type=Path, help="folder holding refcoco/, refcoco+/, refcocog/")
+    r.add_argument("--images", type=Path, default=None,
+                   help="COCO train2014 images (default <root>/images/train2014 or <root>/train2014)")
+
+    i = kinds.add_parser("synthetic2d", help="Generate referring-expression images in the RefCOCO layout.",
+                         description="Writes <out>/images/train2014/COCO_train2014_<id>.jpg and "
+                         "<out>/synthetic2d/{refs(unc).p,instances.json,scenes.json,meta.json}: coloured shapes "
+                         "and silhouettes with verified one-object expressions. Deterministic from --seed.")
+    i.add_argument("--out", required=True, type=Path)
+    i.add_argument("--preset", default="demo", choices=["tiny", "demo"])
+    i.add_argument("--seed", type=int, default=0)
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset == "refcoco":
+        return _run_refcoco(args)
+    if args.dataset == "synthetic2d":
+        from datasets.synthetic.images import generate_synthetic2d
+
+        print(generate_synthetic2d(args.out, preset=args.preset, seed=args.seed).summary())
+        return 0
     from datasets.scannet.prepare import prepare_scannet
 
     if args.dataset == "scannet":
@@ -51,3 +74,11 @@ def run(args: argparse.Namespace) -> int:
                                  force=args.force)
     print(report.summary())
     return 1 if report.failed else 0
+
+
+def _run_refcoco(args: argparse.Namespace) -> int:
+    from datasets.refcoco_check import check_refer_root
+
+    report = check_refer_root(args.root, images_dir=args.images)
+    print(report.summary())
+    return 0 if report.ok else 1

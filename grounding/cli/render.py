@@ -1,7 +1,8 @@
-"""``grounding render``: draw 3D predictions (``predictions.jsonl`` of ``grounding eval``) with Open3D.
+"""``grounding render``: draw predictions (``predictions.jsonl`` of ``grounding eval``).
 
-Offscreen to PNG by default (no display needed); ``--ply`` also writes coloured point clouds; ``--show`` opens
-an interactive window per prediction when a display exists.
+3D (``--scenes``): Open3D, offscreen to PNG by default (no display needed); ``--ply`` also writes coloured point
+clouds; ``--show`` opens an interactive window per prediction when a display exists.
+2D (``--refer-root`` and ``--dataset``): PNG overlays of the predicted and ground-truth masks on the images.
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="Render 3D predictions over their scenes to PNG (and .ply).",
-                       description="Reads predictions.jsonl of `grounding eval` and the prepared scenes, and "
-                       "writes <out>/<scene_id>/<sample>__<description>.png with the prediction and the ground "
-                       "truth in distinct colours and the description as caption, plus index.json per scene.")
+    p = sub.add_parser("render", help="Render predictions to PNG: 3D over their scenes, 2D over their images.",
+                       description="Reads predictions.jsonl of `grounding eval`. 3D (--scenes): writes "
+                       "<out>/<scene_id>/<sample>__<description>.png with the prediction and the ground truth in "
+                       "distinct colours and the description as caption, plus index.json per scene. 2D "
+                       "(--refer-root, --dataset): writes <out>/<sent_id>.png, the prediction filled in green, "
+                       "the ground truth outlined in red, the expression as caption.")
     p.add_argument("predictions", type=Path, help="predictions.jsonl written by `grounding eval`")
-    p.add_argument("--scenes", required=True, type=Path, help="the prepared scene folders the predictions used")
+    p.add_argument("--scenes", type=Path, default=None, help="3D: the prepared scene folders the predictions used")
+    p.add_argument("--refer-root", type=Path, default=None, help="2D: the refer layout root (refcoco, synthetic2d)")
+    p.add_argument("--dataset", default=None, help="2D: refcoco, refcoco+, refcocog or synthetic2d")
+    p.add_argument("--split-by", default=None, help="2D: partition (default: the dataset's usual one)")
+    p.add_argument("--images", type=Path, default=None, help="2D: COCO train2014 folder (default under the root)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <predictions dir>/renders)")
     p.add_argument("--sample", action="append", default=[], metavar="ID", help="render only this sample id; "
                    "repeatable")
@@ -41,6 +48,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.scenes is None) == (args.refer_root is None):
+        raise SystemExit("grounding render: error: give --scenes (3D predictions) or --refer-root with --dataset "
+                         "(2D predictions)")
+    if args.refer_root is not None:
+        return _run_2d(args)
     from tqdm import tqdm
 
     from pointcloud.render_predictions import read_predictions, render_predictions, select_predictions
@@ -60,6 +72,18 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         _show(args, preds)
     return 0
+
+
+def _run_2d(args: argparse.Namespace) -> int:
+    from segmentation.render import render_ris_predictions
+
+    if not args.dataset:
+        raise SystemExit("grounding render: error: --refer-root needs --dataset (e.g. refcoco or synthetic2d)")
+    out = args.out or Path(args.predictions).parent / "renders"
+    paths = render_ris_predictions(args.predictions, args.refer_root, args.dataset, out, split_by=args.split_by,
+                                   images_dir=args.images, samples=args.sample or None, limit=args.limit)
+    print(f"wrote {len(paths)} PNG(s) under {out}")
+    return 0 if paths else 1
 
 
 def _show(args: argparse.Namespace, preds: list) -> None:

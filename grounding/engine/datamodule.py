@@ -9,7 +9,7 @@ biases mIoU/oIoU on multi-GPU runs (a known defect of DIT's evaluation). Trainin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -32,12 +32,15 @@ class GroundingDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch.
         pin_memory: pin host memory of batches (CUDA).
         root: the dataset's folder; only recorded (configs interpolate their paths from it).
+        source: other settings the split configs share (e.g. the image tasks' dataset name, partition and
+            canvas size); only recorded, like ``root``.
     """
 
     def __init__(self, train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None,
                  collate_fn: Callable[[list[Any]], Any] | None = None, batch_size: int = 1,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 drop_last: bool = False, pin_memory: bool = False, root: str | None = None) -> None:
+                 drop_last: bool = False, pin_memory: bool = False, root: str | None = None,
+                 source: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.datasets = {"train": train, "val": val, "test": test}
         self.collate_fn = collate_fn
@@ -48,6 +51,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         self.root = root
+        self.source = dict(source or {})
 
     def _dataset(self, split: str) -> Dataset:
         ds = self.datasets[split]

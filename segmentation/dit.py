@@ -1,0 +1,213 @@
+"""DIT: deep instruction tuning of SAM for referring image segmentation; E-DIT and L-DIT as one module.
+
+Pipeline (refcoco-dit spec §2.1-§2.5), B expressions on a canvas of side S:
+1. the text encoder gives token features (B, L, C_text); they are cut or zero-padded to ``text_slots`` (T)
+   slots with a (B, T) validity mask (``zero_text`` replaces the features by zeros: the "model must use the
+   words" ablation);
+2. :class:`TextInjection` turns them into the text slots of every ViT block (E-DIT / L-DIT, below) and
+   :class:`~grounding.backbone.sam_vit.TextAwareViT` encodes the image with them -> (B, 256, S/16, S/16);
+3. SAM's mask decoder (:class:`~segmentation.mask_decoder.BatchedMaskDecoder`) is prompted with
+   ``text_proj`` (C_text -> 256) of the T slots as sparse prompts, ``no_mask_embed`` broadcast over the
+   grid as the dense prompt and SAM's random-Fourier PE evaluated at the run-time grid; mask token 0;
+4. the (B, S/4, S/4) logits are upsampled bilinearly to the (B, S, S) canvas.
+
+Text injection (spec §2.4). ``text_in`` maps C_text to the encoder width when they differ (the ViT-H note:
+Linear(768, 1280) first; identity when equal, e.g. BERT-base into ViT-B), then zero-initialised
+Linear(C, C) + Dropout(0.1) layers write the slots before block i:
+- ``ldit``: slots_i = Drop(inject_i(text_in(t))) for every block (fresh projection, previous slots discarded);
+- ``edit`` / ``edit_mode="code"`` (released code): slots_0 = Drop(inject_0(text_in(t))),
+  slots_i = Drop(inject_i(slots output by block i-1)); one Linear per block;
+- ``edit`` / ``edit_mode="paper"`` (the paper's description): slots_0 = Drop(inject_0(text_in(t))), then the
+  slots output by block i-1 enter block i unchanged; a single Linear.
+
+Step-0 equivalence: with zero-initialised injection the slots are exactly zero, but zero slots are not inert
+under DIT's joint softmax (LayerNorm maps them to ``norm1.bias``, spec §2.4). The toolkit default is the
+encoder's zero-initialised text gate (``TextAwareViT(text_gate=True)``), which keeps the image stream
+exactly SAM's at initialisation; ``text_gate=False`` reproduces DIT's joint attention and its step-0 drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from torch import Tensor, nn
+
+from datasets.batch2d import ReferBatch2D
+from grounding.backbone.checkpoint import SamLoadReport, load_sam_weights
+from grounding.backbone.sam_vit import TextAwareViT, TextHook
+from grounding.text.encoder import TextEncoder
+from segmentation.mask_decoder import build_sam_mask_decoder, build_sam_prompt_encoder
+
+__all__ = ["DIT", "DITOutputs", "TextInjection"]
+
+MODES = ("ldit", "edit")
+EDIT_MODES = ("code", "paper")
+# Parts of SAM's prompt encoder / decoder that never reach DIT's loss (points, boxes, mask input, the IoU head,
+# the multimask hypernetworks). They load from checkpoints but stay frozen, so every trainable parameter gets a
+# gradient (DDP without find_unused_parameters; the released code needed it).
+_UNUSED_SAM_PREFIXES = ("prompt_encoder.point_embeddings.", "prompt_encoder.not_a_point_embed.",
+                        "prompt_encoder.mask_downscaling.", "mask_decoder.iou_prediction_head.",
+                        "mask_decoder.output_hypernetworks_mlps.1.", "mask_decoder.output_hypernetworks_mlps.2.",
+                        "mask_decoder.output_hypernetworks_mlps.3.")
+
+
+@dataclass
+class DITOutputs:
+    """Raw model outputs.
+
+    Attributes:
+        pred_logits: (B, S, S) mask logits on the canvas (pixels, origin top-left, padding included).
+        low_res_logits: (B, S/4, S/4) logits of mask token 0 as the decoder produced them.
+        iou_pred: (B,) SAM's IoU-head output for mask token 0 (not trained by DIT; reported only).
+    """
+
+    pred_logits: Tensor
+    low_res_logits: Tensor
+    iou_pred: Tensor
+
+
+class TextInjection(nn.Module):
+    """Per-block text slots from text features (see the module docstring for the three schedules).
+
+    Args:
+        text_dim: C_text of the text features.
+        vit_dim: C of the encoder.
+        depth: number of encoder blocks.
+        mode: ``"ldit"`` or ``"edit"``.
+        edit_mode: ``"code"`` or ``"paper"`` (E-DIT only).
+        dropout: after every injection Linear (0.1).
+    """
+
+    def __init__(self, text_dim: int, vit_dim: int, depth: int, mode: str = "ldit", edit_mode: str = "code",
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"DIT mode must be one of {MODES}, got {mode!r}")
+        if edit_mode not in EDIT_MODES:
+            raise ValueError(f"DIT edit_mode must be one of {EDIT_MODES}, got {edit_mode!r}")
+        self.mode, self.edit_mode, self.depth = mode, edit_mode, depth
+        self.text_in = nn.Identity() if text_dim == vit_dim else nn.Linear(text_dim, vit_dim)
+        n = 1 if (mode == "edit" and edit_mode == "paper") else depth
+        self.layers = nn.ModuleList(nn.Linear(vit_dim, vit_dim) for _ in range(n))
+        for layer in self.layers:  # zero init: no text signal at step 0 (spec §2.4)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def hook(self, text: Tensor) -> TextHook:
+        """The encoder's ``text_hook`` for text features (B, T, C_text)."""
+        base = self.text_in(text)
+
+        def slots(i: int, previous: Tensor | None) -> Tensor:
+            if i == 0 or self.mode == "ldit":
+                return self.dropout(self.layers[i](base))
+            if self.edit_mode == "code":
+                return self.dropout(self.layers[i](previous))
+            return previous  # paper E-DIT: propagate the block outputs unchanged
+
+        return slots
+
+
+class DIT(nn.Module):
+    """SAM + deep instruction tuning; ``forward(batch) -> DITOutputs``.
+
+    Args:
+        image_encoder: the :class:`TextAwareViT` (built at img_size 1024 for official weights).
+        text_encoder: the :class:`TextEncoder` (MiniLM by default; BERT layer 1 for DIT parity).
+        mode: ``"ldit"`` (layer-wise, default) or ``"edit"`` (end-to-end).
+        edit_mode: ``"code"`` (released code, default) or ``"paper"`` (single input projection), E-DIT only.
+        text_slots: T, text tokens kept per expression (20 in DIT); longer inputs are cut (set the text
+            encoder's ``max_length`` to T to keep the closing special token), shorter ones zero-padded.
+        dropout: after each injection Linear.
+        zero_text: feed zeros instead of the text features (to both injection and decoder prompts).
+        prompt_encoder, mask_decoder: SAM's modules; None builds the standard ones (spec §4.2).
+        align_corners: of the x4 bilinear upsampling to the canvas; False (like SAM's postprocessing),
+            True reproduces DIT's ``UpsamplingBilinear2d``.
+        sam_checkpoint: official SAM file that :meth:`load_pretrained` loads (the engine calls it after
+            building the model; never loaded in ``__init__``). None: start from scratch.
+    """
+
+    def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
+                 edit_mode: str = "code", text_slots: int = 20, dropout: float = 0.1, zero_text: bool = False,
+                 prompt_encoder: PromptEncoder | None = None, mask_decoder: MaskDecoder | None = None,
+                 align_corners: bool = False, sam_checkpoint: str | None = None) -> None:
+        super().__init__()
+        if text_slots < 1:
+            raise ValueError(f"DIT.text_slots must be >= 1, got {text_slots}")
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.prompt_encoder = prompt_encoder if prompt_encoder is not None else build_sam_prompt_encoder()
+        self.mask_decoder = mask_decoder if mask_decoder is not None else build_sam_mask_decoder()
+        decoder_dim = self.mask_decoder.transformer_dim
+        if image_encoder.out_chans != decoder_dim or self.prompt_encoder.embed_dim != decoder_dim:
+            raise ValueError(f"DIT: image encoder out_chans {image_encoder.out_chans}, prompt encoder width "
+                             f"{self.prompt_encoder.embed_dim} and mask decoder width {decoder_dim} must agree")
+        text_dim = text_encoder.dim
+        self.text_inject = TextInjection(text_dim, image_encoder.embed_dim, len(image_encoder.blocks), mode,
+                                         edit_mode, dropout)
+        self.text_proj = nn.Linear(text_dim, decoder_dim)  # default init, as in DIT
+        self.mode, self.edit_mode = mode, edit_mode
+        self.text_slots = text_slots
+        self.zero_text = zero_text
+        self.align_corners = align_corners
+        self.sam_checkpoint = sam_checkpoint
+        for name, p in self.named_parameters():
+            if name.startswith(_UNUSED_SAM_PREFIXES):
+                p.requires_grad_(False)
+
+    @property
+    def new_parameter_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the modules DIT adds to SAM (absent from official checkpoints)."""
+        return ("text_inject.", "text_proj.",
+                *(f"image_encoder.{p}" for p in self.image_encoder.new_parameter_prefixes))
+
+    def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
+        """Load an official SAM checkpoint (path or full state dict) by SAM's key names.
+
+        Only :attr:`new_parameter_prefixes` may be missing; the text encoder is out of scope (pretrained on its
+        own). Raises :class:`~grounding.backbone.checkpoint.SamCheckpointError` on a shape mismatch or any other
+        missing key (see :func:`~grounding.backbone.checkpoint.load_sam_weights`).
+        """
+        return load_sam_weights(self, source, new_prefixes=self.new_parameter_prefixes,
+                                skip_prefixes=("text_encoder.",))
+
+    def load_pretrained(self) -> SamLoadReport | None:
+        """Load ``sam_checkpoint`` with :meth:`load_sam` (the engine's hook after construction); None without one."""
+        return None if self.sam_checkpoint is None else self.load_sam(self.sam_checkpoint)
+
+    # ------------------------------------------------------------------ forward
+    def encode_text(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Text features cut / padded to T slots: (B, T, C_text) float and (B, T) bool (True = real token)."""
+        feats = self.text_encoder(list(texts))
+        tokens, mask = feats.tokens.to(device), feats.token_mask.to(device)
+        T = self.text_slots
+        tokens, mask = tokens[:, :T], mask[:, :T]
+        if tokens.shape[1] < T:
+            pad = T - tokens.shape[1]
+            tokens = F.pad(tokens, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad), value=False)
+        tokens = tokens * mask[..., None].to(tokens.dtype)  # padded slots hold zeros whatever the encoder wrote
+        if self.zero_text:
+            tokens = torch.zeros_like(tokens)
+        return tokens, mask
+
+    def forward(self, batch: ReferBatch2D) -> DITOutputs:
+        """Canvas logits for every expression of the batch (see :class:`DITOutputs` for shapes)."""
+        images = batch.images
+        B, _, S_h, S_w = images.shape
+        text, text_mask = self.encode_text(batch.texts, images.device)
+        embedding = self.image_encoder(images, text_hook=self.text_inject.hook(text), text_mask=text_mask)
+        h, w = embedding.shape[-2:]
+        image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0)  # (1, 256, h, w) at the run-time grid
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(B, -1, h, w)
+        masks, iou = self.mask_decoder(image_embeddings=embedding, image_pe=image_pe,
+                                       sparse_prompt_embeddings=self.text_proj(text),
+                                       dense_prompt_embeddings=dense, multimask_output=False)
+        low = masks[:, 0]
+        pred = F.interpolate(masks[:, :1], size=(S_h, S_w), mode="bilinear", align_corners=self.align_corners)
+        return DITOutputs(pred_logits=pred[:, 0], low_res_logits=low, iou_pred=iou[:, 0])
