@@ -81,10 +81,14 @@ class TextInjection(nn.Module):
         mode: ``"ldit"`` or ``"edit"``.
         edit_mode: ``"code"`` or ``"paper"`` (E-DIT only).
         dropout: after every injection Linear (0.1).
+        zero_init: zero-initialise the injection Linears (DIT). With the encoder's zero-initialised text gate the
+            model already starts as SAM, and zero injection as well makes gate and injection a product of two zeros:
+            at step 0 the injection gets no gradient and the gate only sees sentence-independent slots, so the
+            text enters the encoder slowly. False gives the Linears PyTorch's default initialisation.
     """
 
     def __init__(self, text_dim: int, vit_dim: int, depth: int, mode: str = "ldit", edit_mode: str = "code",
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, zero_init: bool = True) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"DIT mode must be one of {MODES}, got {mode!r}")
@@ -94,7 +98,7 @@ class TextInjection(nn.Module):
         self.text_in = nn.Identity() if text_dim == vit_dim else nn.Linear(text_dim, vit_dim)
         n = 1 if (mode == "edit" and edit_mode == "paper") else depth
         self.layers = nn.ModuleList(nn.Linear(vit_dim, vit_dim) for _ in range(n))
-        for layer in self.layers:  # zero init: no text signal at step 0 (spec §2.4)
+        for layer in self.layers if zero_init else ():  # zero init: no text signal at step 0 (spec §2.4)
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.dropout = nn.Dropout(dropout)
@@ -130,12 +134,18 @@ class DIT(nn.Module):
             True reproduces DIT's ``UpsamplingBilinear2d``.
         sam_checkpoint: official SAM file that :meth:`load_pretrained` loads (the engine calls it after
             building the model; never loaded in ``__init__``). None: start from scratch.
+        pixel_branch: add features computed from the canvas pixels (two 3x3 convolutions, the first of stride 2,
+            the last zero-initialised) to the decoder's upscaled embedding at 1/2 of the canvas, before the mask
+            token's dot product, like HQ-SAM's early-feature fusion: mask edges finer than the ViT's patches.
+            Not DIT's (False); with zero init the model starts as without it.
+        zero_init_injection: see :class:`TextInjection` ``zero_init`` (DIT: True).
     """
 
     def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
                  edit_mode: str = "code", text_slots: int = 20, dropout: float = 0.1, zero_text: bool = False,
                  prompt_encoder: PromptEncoder | None = None, mask_decoder: MaskDecoder | None = None,
-                 align_corners: bool = False, sam_checkpoint: str | None = None) -> None:
+                 align_corners: bool = False, sam_checkpoint: str | None = None, pixel_branch: bool = False,
+                 zero_init_injection: bool = True) -> None:
         super().__init__()
         if text_slots < 1:
             raise ValueError(f"DIT.text_slots must be >= 1, got {text_slots}")
@@ -149,13 +159,20 @@ class DIT(nn.Module):
                              f"{self.prompt_encoder.embed_dim} and mask decoder width {decoder_dim} must agree")
         text_dim = text_encoder.dim
         self.text_inject = TextInjection(text_dim, image_encoder.embed_dim, len(image_encoder.blocks), mode,
-                                         edit_mode, dropout)
+                                         edit_mode, dropout, zero_init=zero_init_injection)
         self.text_proj = nn.Linear(text_dim, decoder_dim)  # default init, as in DIT
         self.mode, self.edit_mode = mode, edit_mode
         self.text_slots = text_slots
         self.zero_text = zero_text
         self.align_corners = align_corners
         self.sam_checkpoint = sam_checkpoint
+        self.pixel_branch = None
+        if pixel_branch:
+            width = decoder_dim // 8  # the channels of SAM's upscaled embedding
+            self.pixel_branch = nn.Sequential(nn.Conv2d(3, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+                                              nn.Conv2d(2 * width, width, 3, padding=1))
+            nn.init.zeros_(self.pixel_branch[-1].weight)
+            nn.init.zeros_(self.pixel_branch[-1].bias)
         for name, p in self.named_parameters():
             if name.startswith(_UNUSED_SAM_PREFIXES):
                 p.requires_grad_(False)
@@ -163,7 +180,7 @@ class DIT(nn.Module):
     @property
     def new_parameter_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the modules DIT adds to SAM (absent from official checkpoints)."""
-        return ("text_inject.", "text_proj.",
+        return ("text_inject.", "text_proj.", "pixel_branch.",
                 *(f"image_encoder.{p}" for p in self.image_encoder.new_parameter_prefixes))
 
     def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
@@ -205,9 +222,14 @@ class DIT(nn.Module):
         h, w = embedding.shape[-2:]
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0)  # (1, 256, h, w) at the run-time grid
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(B, -1, h, w)
-        masks, iou = self.mask_decoder(image_embeddings=embedding, image_pe=image_pe,
-                                       sparse_prompt_embeddings=self.text_proj(text),
-                                       dense_prompt_embeddings=dense, multimask_output=False)
-        low = masks[:, 0]
+        highres = None
+        if self.pixel_branch is not None:
+            highres = self.pixel_branch(images)
+            size = (4 * h, 4 * w)  # the decoder's upscaled grid; the canvas / 2 when patch_size is 8
+            if highres.shape[-2:] != size:
+                highres = F.interpolate(highres, size=size, mode="bilinear", align_corners=False)
+        masks, iou = self.mask_decoder.predict_masks(embedding, image_pe, self.text_proj(text), dense, highres)
+        low = masks[:, 0]  # mask token 0: SAM's single-mask output (multimask_output=False)
+        iou = iou[:, :1]
         pred = F.interpolate(masks[:, :1], size=(S_h, S_w), mode="bilinear", align_corners=self.align_corners)
         return DITOutputs(pred_logits=pred[:, 0], low_res_logits=low, iou_pred=iou[:, 0])

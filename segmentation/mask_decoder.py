@@ -25,7 +25,7 @@ class BatchedMaskDecoder(MaskDecoder):
     """
 
     def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                      dense_prompt_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+                      dense_prompt_embeddings: Tensor, highres: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Masks and IoU predictions of every mask token.
 
         Args:
@@ -33,6 +33,8 @@ class BatchedMaskDecoder(MaskDecoder):
             image_pe: (1 or B, C, h, w) positional encoding of the image grid.
             sparse_prompt_embeddings: (B, N, C) prompt tokens; row b belongs to image b.
             dense_prompt_embeddings: (1 or B, C, h, w), added to the image embedding.
+            highres: optional (B, C/8, 4h, 4w) features added to the upscaled embedding before the per-token
+                dot product (finer mask edges, as HQ-SAM adds early features there); None is SAM's decoder.
 
         Returns:
             masks (B, num_mask_tokens, 4h, 4w) logits and iou_pred (B, num_mask_tokens).
@@ -53,6 +55,8 @@ class BatchedMaskDecoder(MaskDecoder):
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # (B, C/8, 4h, 4w)
+        if highres is not None:
+            upscaled = upscaled + highres
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
                                dim=1)  # (B, num_mask_tokens, C/8)
         b, c, h, w = upscaled.shape

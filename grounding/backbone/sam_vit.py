@@ -67,6 +67,26 @@ SAM_VIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def conv_patch_stem(in_chans: int, embed_dim: int, patch_size: int) -> nn.Sequential:
+    """(B, in_chans, H, W) -> (B, embed_dim, H / patch, W / patch) by stride-2 3x3 convolutions.
+
+    Widths double from embed_dim / 2^(n-1) ... up to embed_dim / 2 over the n = log2(patch) stages, then a 1x1
+    convolution to embed_dim. GroupNorm (not BatchNorm): batches of a few expressions per device.
+    """
+    stages = int(patch_size).bit_length() - 1
+    if patch_size < 2 or 2 ** stages != patch_size:
+        raise ValueError(f"conv_stem needs a power-of-two patch_size >= 2, got {patch_size}")
+    layers: list[nn.Module] = []
+    width_in = in_chans
+    for k in range(stages):
+        width = max(embed_dim // 2 ** (stages - k), 16)
+        layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
+                   nn.GroupNorm(min(8, width), width), nn.GELU()]
+        width_in = width
+    layers.append(nn.Conv2d(width_in, embed_dim, 1))
+    return nn.Sequential(*layers)
+
+
 class TextAwareViT(ImageEncoderViT):
     """SAM ViT encoder whose blocks also attend over text slots (see the module docstring for the layout).
 
@@ -79,12 +99,17 @@ class TextAwareViT(ImageEncoderViT):
         global_all_blocks: every block attends globally (DIT, True); False keeps SAM's window blocks.
         use_text_pad_mask: padded text slots are never attended to (False reproduces DIT).
         text_gate: zero-initialised gated text attention for image queries (True) or DIT's joint softmax.
+        conv_stem: replace the patch embedding's single ``patch x patch`` convolution by log2(patch) stride-2
+            3x3 convolutions (GroupNorm, GELU) and a 1x1 projection ("early convolutions", Xiao et al. 2021):
+            a ViT trained from scratch on little data learns edges and colour regions much sooner. Not SAM's
+            (off for official weights: ``patch_embed.*`` is then a new module and SAM's is not loaded).
     """
 
     def __init__(self, img_size: int = 1024, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, out_chans: int = 256,
                  window_size: int = 14, global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
-                 global_all_blocks: bool = True, use_text_pad_mask: bool = True, text_gate: bool = True) -> None:
+                 global_all_blocks: bool = True, use_text_pad_mask: bool = True, text_gate: bool = True,
+                 conv_stem: bool = False) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, out_chans=out_chans,
                          qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU,
@@ -103,6 +128,9 @@ class TextAwareViT(ImageEncoderViT):
             self.text_gate = nn.Parameter(torch.zeros(depth, num_heads))
         else:
             self.register_parameter("text_gate", None)
+        self.conv_stem = conv_stem
+        if conv_stem:
+            self.patch_embed.proj = conv_patch_stem(in_chans, embed_dim, patch_size)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TextAwareViT:
@@ -114,7 +142,7 @@ class TextAwareViT(ImageEncoderViT):
     @property
     def new_parameter_prefixes(self) -> tuple[str, ...]:
         """State-dict keys this wrapper adds to SAM's encoder (absent from official checkpoints)."""
-        return ("text_gate",) if self.use_text_gate else ()
+        return (("text_gate",) if self.use_text_gate else ()) + (("patch_embed.",) if self.conv_stem else ())
 
     def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
         """Load the ``image_encoder.*`` part of a full SAM checkpoint (path or state dict) by its own key names.

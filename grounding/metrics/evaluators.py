@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from grounding.metrics.masks import intersection_union, iou_from_counts, threshold_hits
+from grounding.metrics.masks import IOU_EPS, intersection_union, iou_from_counts, threshold_hits
 
 
 @runtime_checkable
@@ -69,6 +69,8 @@ class ReferringMaskMetric(Metric):
             keeps the 3D formula's value 0, the RIS rule uses 1.
         acc_name: ``"Acc"`` (3D-RES convention) or ``"Prec"`` (RIS convention).
         scale: multiply reported values (100 reports percentages, as the papers do).
+        iou_eps: the denominator's additive constant, ``I / (U + iou_eps)``: 1e-6 as RG-SAN and MDIN; 0 (exact
+            ``I / U``) for RIS, where ``Prec@X`` uses ``>=`` and an IoU of exactly X must pass.
 
     ``compute()`` returns ``{"<group>/mIoU", "<group>/oIoU", "<group>/<acc_name>@X", "<group>/count"}``.
     """
@@ -78,7 +80,7 @@ class ReferringMaskMetric(Metric):
 
     def __init__(self, thresholds: Sequence[float] = (0.25, 0.5), strict: bool = True,
                  groups: Sequence[str] = (), both_empty_iou: float | None = None,
-                 acc_name: str = "Acc", scale: float = 100.0) -> None:
+                 acc_name: str = "Acc", scale: float = 100.0, iou_eps: float = IOU_EPS) -> None:
         super().__init__()
         self.thresholds = tuple(float(t) for t in thresholds)
         self.strict = strict
@@ -86,6 +88,7 @@ class ReferringMaskMetric(Metric):
         self.both_empty_iou = both_empty_iou
         self.acc_name = acc_name
         self.scale = scale
+        self.iou_eps = float(iou_eps)
         g, t = len(self.group_names), len(self.thresholds)
         # float64 sums: mIoU over ~10^4 samples must not drift with the reduction order across ranks.
         self.add_state("iou_sum", torch.zeros(g, dtype=torch.float64), dist_reduce_fx="sum")
@@ -112,7 +115,7 @@ class ReferringMaskMetric(Metric):
         counts = [intersection_union(p.to(device), g.to(device)) for p, g in zip(pred_masks, gt_masks)]
         inter = torch.stack([c[0] for c in counts])
         union = torch.stack([c[1] for c in counts])
-        iou = iou_from_counts(inter, union, self.both_empty_iou)
+        iou = iou_from_counts(inter, union, self.both_empty_iou, self.iou_eps)
         hits = threshold_hits(iou, self.thresholds, self.strict).long()
         # membership (S, G): column 0 is "overall", the others are the named groups.
         member = torch.zeros(len(pred_masks), len(self.group_names), dtype=torch.bool, device=device)
@@ -155,7 +158,8 @@ class ReferringMaskMetric(Metric):
         empty = ("0" if self.both_empty_iou is None else f"{self.both_empty_iou:g}")
         unit = "percent" if self.scale == 100 else f"x{self.scale:g}"
         d = {
-            "mIoU": f"mean over samples of IoU = |P∩G| / (|P∪G| + 1e-6); empty-vs-empty IoU = {empty}; {unit}",
+            "mIoU": f"mean over samples of IoU = |P∩G| / (|P∪G|{f' + {self.iou_eps:g}' if self.iou_eps else ''}); "
+                    f"empty-vs-empty IoU = {empty}; {unit}",
             "oIoU": f"cumulative IoU = Σ|P∩G| / Σ|P∪G| over samples; {unit}",
             "count": "number of samples evaluated (each exactly once across processes)",
         }

@@ -52,12 +52,14 @@ def iou_from_counts(inter: Tensor, union: Tensor, both_empty_iou: float | None =
         union: ``(S,)`` union sizes.
         both_empty_iou: value for samples whose prediction and ground truth are both empty; ``None``
             keeps the formula's value (0).
-        eps: the additive constant of the denominator.
+        eps: the additive constant of the denominator (1e-6: RG-SAN, MDIN, CRIS; 0: exact ``I / U`` as LAVT, so
+            that an IoU of exactly X passes ``IoU >= X``).
 
     Returns:
         ``(S,)`` float64 IoU values in [0, 1].
     """
-    iou = inter.double() / (union.double() + eps)
+    # U == 0 (both masks empty): the formula's 0 (eps > 0), never 0 / 0, unless both_empty_iou says otherwise.
+    iou = inter.double() / (union.double() + eps).clamp_min(eps if eps > 0 else 1.0)
     if both_empty_iou is not None:
         iou = torch.where(union == 0, torch.full_like(iou, float(both_empty_iou)), iou)
     return iou

@@ -177,3 +177,15 @@ def test_bad_inputs_are_named():
         vit(torch.randn(1, 3, 120, 128))
     with pytest.raises(ValueError, match="text_hook"):
         vit(torch.randn(1, 3, 128, 128), text_hook=lambda i, prev: torch.zeros(1, 4, 32))
+
+
+def test_conv_stem_replaces_the_patch_embedding():
+    vit = TextAwareViT.from_preset("tiny", img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                   conv_stem=True)
+    strides = [m.stride[0] for m in vit.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [2, 2, 2, 1]                       # log2(8) stride-2 convs, then the 1x1 projection
+    assert vit(torch.randn(2, 3, 64, 64)).shape == (2, 256, 8, 8)
+    assert "patch_embed." in vit.new_parameter_prefixes  # not SAM's: a checkpoint's patch_embed is not loaded
+    with pytest.raises(ValueError, match="power-of-two"):
+        TextAwareViT.from_preset("tiny", img_size=96, patch_size=12, embed_dim=32, depth=1, num_heads=2,
+                                 conv_stem=True)

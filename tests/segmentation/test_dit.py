@@ -68,6 +68,11 @@ def test_zero_initialised_ldit_leaves_image_features_unchanged(text_encoder):
     joint = make_dit(text_encoder, mode="ldit", text_gate=False).train()
     with torch.no_grad():
         assert not torch.allclose(image_features(joint, batch, True), image_features(joint, batch, False))
+    # Injection with PyTorch's default init: the zero gate alone keeps the image stream exactly SAM's.
+    live = make_dit(text_encoder, mode="ldit", zero_init_injection=False).train()
+    assert all(torch.count_nonzero(layer.weight) > 0 for layer in live.text_inject.layers)
+    with torch.no_grad():
+        assert torch.equal(image_features(live, batch, True), image_features(live, batch, False))
 
 
 def test_edit_code_and_paper_injection_schedules(text_encoder):
@@ -285,3 +290,21 @@ def test_cuda_autocast_forward_backward(text_encoder, dtype):
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
         low = model.eval()(batch).pred_logits.float()
     assert (low - ref).abs().mean() < 0.05 * ref.abs().mean() + 0.05
+
+
+def test_pixel_branch_starts_as_sams_decoder_and_learns(text_encoder):
+    model = make_dit(text_encoder, pixel_branch=True).train(False)
+    images = torch.randn(2, 3, 128, 128)
+    batch = make_batch(images, TEXTS)
+    with torch.no_grad():
+        with_branch = model(batch).pred_logits
+        branch, model.pixel_branch = model.pixel_branch, None
+        without = model(batch).pred_logits
+        model.pixel_branch = branch
+    assert torch.equal(with_branch, without)              # zero-initialised last layer: SAM's decoder at step 0
+    assert "pixel_branch." in model.new_parameter_prefixes
+    gt = torch.zeros(2, 128, 128)
+    gt[:, 40:80, 30:90] = 1.0
+    loss = DITCriterion("bce")(model.train()(make_batch(images, TEXTS, gt)), make_batch(images, TEXTS, gt))
+    sum(loss.values()).backward()
+    assert model.pixel_branch[-1].weight.grad.abs().sum() > 0
