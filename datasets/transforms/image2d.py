@@ -23,12 +23,13 @@ from torch import Tensor
 # SAM's pixel statistics on the 0-255 scale (= ImageNet's mean / std x 255).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b")
 
 
 def swap_left_right(text: str) -> str:
-    """Swap the whole words "left" and "right" (a mirrored picture swaps them); "bright" stays "bright"."""
-    return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+    """Swap the whole words "left"/"right" and "leftmost"/"rightmost" (a mirrored picture swaps them); "bright"
+    and "upright" stay as they are."""
+    return _LEFT_RIGHT.sub(lambda m: ("right" if m.group(1) == "left" else "left") + (m.group(2) or ""), text)
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:

@@ -12,7 +12,8 @@ from datasets.transforms.image2d import PIXEL_MEAN, PIXEL_STD, Letterbox, resize
 def test_swap_left_right_whole_words_only() -> None:
     assert swap_left_right("the left cup, right of the bright upright lamp") == \
         "the right cup, left of the bright upright lamp"
-    assert swap_left_right("leftmost") == "leftmost"
+    assert swap_left_right("the leftmost cup, not the rightmost") == "the rightmost cup, not the leftmost"
+    assert swap_left_right("lefty righteous") == "lefty righteous"
 
 
 def test_resized_shape_rounding() -> None:
