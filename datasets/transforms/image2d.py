@@ -57,15 +57,16 @@ def _jitter(image: Tensor, rng: np.random.Generator, strength: float) -> Tensor:
 
 
 @dataclass
-class Letterbox:
-    """Resize, (augment,) normalise and centre-pad one image, its mask and its expression.
+class LetterboxBase:
+    """The letterbox shared by the image tasks: augmentation draws and the placement on the canvas.
 
     Args:
-        size: S, the canvas side (DIT: 512; the CPU config: 128).
+        size: S, the canvas side (DIT: 512; the CPU configs: 128).
         train: draw the training augmentation (multi-scale, jitter, flip) from ``rng``.
         scale_steps: number of long-side sizes ``S - 32 k`` drawn from in training (DIT: 7); sizes below S / 2
             are not used.
-        jitter_prob: probability of colour jitter (DIT: 0.8); jitter_strength: its factor range (0.4).
+        jitter_prob: probability of colour jitter (DIT: 0.8); jitter_strength: its factor range (0.4). Hue never
+            changes, so colour words stay true.
         flip_prob: probability of a horizontal flip (DIT: 0.5).
     """
 
@@ -76,6 +77,39 @@ class Letterbox:
     jitter_strength: float = 0.4
     flip_prob: float = 0.5
 
+    def augment(self, image: Tensor, rng: np.random.Generator | None) -> tuple[Tensor, int, bool]:
+        """(3, H, W) uint8 -> ``(image in [0, 1], long side, flipped)``; the draws come from ``rng`` in training."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) RGB image, got shape {tuple(image.shape)}")
+        img, long_side, flipped = image.float() / 255, self.size, False
+        if self.train:
+            if rng is None:
+                raise ValueError(f"{type(self).__name__}(train=True) needs an rng")
+            sizes = [s for s in (self.size - 32 * k for k in range(self.scale_steps)) if s >= self.size // 2]
+            long_side = int(rng.choice(sizes or [self.size]))
+            if rng.random() < self.jitter_prob:
+                img = _jitter(img, rng, self.jitter_strength)
+            if rng.random() < self.flip_prob:
+                img, flipped = img.flip(-1), True
+        return img, long_side, flipped
+
+    def place(self, img: Tensor, long_side: int) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
+        """Resize (3, H, W) in [0, 1] to ``long_side``, normalise and centre-pad: ``(canvas (3, S, S), (top,
+        left), (h, w))``."""
+        h, w = resized_shape(int(img.shape[1]), int(img.shape[2]), long_side)
+        img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+        img = (img - torch.tensor(PIXEL_MEAN)[:, None, None] / 255) / (torch.tensor(PIXEL_STD)[:, None, None] / 255)
+        top, left = (self.size - h) // 2, (self.size - w) // 2
+        canvas = torch.zeros(3, self.size, self.size)
+        canvas[:, top:top + h, left:left + w] = img
+        return canvas, (top, left), (h, w)
+
+
+@dataclass
+class Letterbox(LetterboxBase):
+    """Resize, (augment,) normalise and centre-pad one image, its mask and its expression (fields: see
+    :class:`LetterboxBase`)."""
+
     def __call__(self, image: Tensor, mask: Tensor, text: str, rng: np.random.Generator | None = None) -> dict:
         """Returns item fields ``image``, ``valid``, ``gt_mask``, ``pad_tl``, ``resized_hw``, ``text`` and
         ``flipped`` (the caller adds the ids and the original-resolution ground truth).
@@ -84,31 +118,13 @@ class Letterbox:
             image: (3, H, W) uint8 RGB; mask: (H, W) bool target; text: the expression.
             rng: required when ``train``.
         """
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) RGB image, got shape {tuple(image.shape)}")
         if tuple(mask.shape) != tuple(image.shape[1:]):
             raise ValueError(f"mask shape {tuple(mask.shape)} != image shape {tuple(image.shape[1:])}")
-        long_side, flipped = self.size, False
-        img = image.float() / 255
-        if self.train:
-            if rng is None:
-                raise ValueError("Letterbox(train=True) needs an rng")
-            sizes = [s for s in (self.size - 32 * k for k in range(self.scale_steps)) if s >= self.size // 2]
-            long_side = int(rng.choice(sizes or [self.size]))
-            if rng.random() < self.jitter_prob:
-                img = _jitter(img, rng, self.jitter_strength)
-            if rng.random() < self.flip_prob:
-                img, mask, flipped = img.flip(-1), mask.flip(-1), True
-                text = swap_left_right(text)
-        h, w = resized_shape(int(image.shape[1]), int(image.shape[2]), long_side)
-        img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+        img, long_side, flipped = self.augment(image, rng)
+        if flipped:
+            mask, text = mask.flip(-1), swap_left_right(text)
+        canvas, (top, left), (h, w) = self.place(img, long_side)
         soft = F.interpolate(mask[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        mean = torch.tensor(PIXEL_MEAN)[:, None, None] / 255
-        std = torch.tensor(PIXEL_STD)[:, None, None] / 255
-        img = (img - mean) / std
-        top, left = (self.size - h) // 2, (self.size - w) // 2
-        canvas = torch.zeros(3, self.size, self.size)
-        canvas[:, top:top + h, left:left + w] = img
         valid = torch.zeros(self.size, self.size, dtype=torch.bool)
         valid[top:top + h, left:left + w] = True
         target = torch.zeros(self.size, self.size)
