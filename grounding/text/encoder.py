@@ -154,6 +154,9 @@ class TextEncoder(nn.Module):
             parity mode with RG-SAN's first-sub-token alignment).
         local_files_only: never download; a hub id must already be in the local Hugging Face cache.
         cache_max_entries: bound of the cache (least recently used entries are evicted first).
+        hidden_layer: which hidden state the features come from: None = the last layer; k >= 1 = the output of
+            transformer layer k (``hidden_states[k]``; 0 would be the embeddings). DIT uses BERT's first layer
+            (``hidden_layer: 1``, refcoco-dit spec §2.2).
 
     Raises:
         FileNotFoundError: when the model folder does not exist or the hub id is not cached locally.
@@ -169,6 +172,7 @@ class TextEncoder(nn.Module):
         word_pool: str = "mean",
         local_files_only: bool = True,
         cache_max_entries: int = 200_000,
+        hidden_layer: int | None = None,
     ) -> None:
         super().__init__()
         if word_pool not in _WORD_POOLS:
@@ -182,9 +186,13 @@ class TextEncoder(nn.Module):
         self.max_length = max_length
         self.word_pool = word_pool
         self.cache_max_entries = cache_max_entries
+        self.hidden_layer = hidden_layer
         self.tokenizer, self.model = self._load(source, local_files_only)
         self._words_tokenizer = self._pretokenized_tokenizer(source, local_files_only)
         self._cache: OrderedDict[tuple, _Sample] = OrderedDict()
+        layers = int(getattr(self.model.config, "num_hidden_layers", 0) or 0)
+        if hidden_layer is not None and not 0 <= hidden_layer <= layers:
+            raise ValueError(f"TextEncoder.hidden_layer must lie in [0, {layers}] for {self.name}, got {hidden_layer}")
         if frozen:
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -302,7 +310,7 @@ class TextEncoder(nn.Module):
 
     def _key(self, text: str | Sequence[str], split: bool) -> tuple:
         body = tuple(text) if split else text
-        return (self.name, self.max_length, self.word_pool, split, body)
+        return (self.name, self.max_length, self.word_pool, self.hidden_layer, split, body)
 
     @staticmethod
     def _check_input(texts: Sequence[str] | Sequence[Sequence[str]]) -> bool:
@@ -355,7 +363,10 @@ class TextEncoder(nn.Module):
 
         model_keys = ("input_ids", "attention_mask", "token_type_ids")
         inputs = {k: v.to(device) for k, v in enc.items() if k in model_keys}
-        hidden = self.model(**inputs).last_hidden_state  # (B, L, C)
+        if self.hidden_layer is None:
+            hidden = self.model(**inputs).last_hidden_state  # (B, L, C)
+        else:
+            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[self.hidden_layer]
         mask = inputs["attention_mask"].bool()
         samples = []
         for b in range(hidden.shape[0]):

@@ -252,3 +252,17 @@ def test_byte_level_tokenizer_word_lists(tiny_roberta: str):
     n = int(running.token_mask[0].sum())
     assert int(by_words.token_mask[0].sum()) == n
     assert torch.allclose(by_words.tokens[0, :n], running.tokens[0, :n], atol=1e-5)
+
+
+def test_hidden_layer_selects_an_intermediate_state(encoder: TextEncoder, offline):
+    first = TextEncoder(hidden_layer=1)
+    texts = ["the red cup left of the plate", "a chair"]
+    out = first(texts)
+    enc = first.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = first.model(**enc, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(out.tokens[out.token_mask], ref[enc["attention_mask"].bool()])
+    assert not torch.allclose(out.tokens[0, :3], encoder(texts).tokens[0, :3])   # not the last layer
+    assert first._key("a chair", False) != encoder._key("a chair", False)      # the cache tells them apart
+    with pytest.raises(ValueError, match="hidden_layer"):
+        TextEncoder(hidden_layer=7)                                             # MiniLM has 6 layers
