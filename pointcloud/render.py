@@ -12,7 +12,14 @@ everything else           own colour,      :func:`dim_colors`: half desaturated,
                           dimmed           toward light grey, so the highlights stand out
 ========================  ===============  ======================================
 
-Without a ground-truth mask every predicted point is orange. Points are in the scene frame:
+Without a ground-truth mask every predicted point is orange.
+
+3D-GRES predictions (MDIN: zero, one or several objects) pass ``pred_objects`` and / or ``no_target``. With two or
+more predicted objects, each object's points take their own colour of ``OBJECT_RGB`` (legend "object 1",
+"object 2", ...; none of them is the GT-only blue, orange or green above) and ground-truth points that no object
+covers stay GT-only blue. An empty prediction (``no_target`` or no point) adds the yellow status line
+"prediction: no target" to the caption band, and an empty ground truth "ground truth: no target". Without these
+two arguments a render is exactly the RG-SAN one. Points are in the scene frame:
 ``(N, 3)`` float metres, z-up (ScanNet / Pointcept convention); colours ``(N, 3)`` uint8 RGB.
 
 Offscreen rendering needs Vulkan (loader + Mesa's CPU driver on GPU-less machines, see
@@ -26,7 +33,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +47,20 @@ GT_ONLY_RGB = (0, 114, 178)
 OVERLAP_RGB = (0, 158, 115)
 BACKGROUND_RGB = (255, 255, 255)
 """Empty space of the render (white)."""
+OBJECT_RGB: tuple[tuple[int, int, int], ...] = (
+    (213, 94, 0), (204, 121, 167), (240, 228, 66), (110, 50, 160),
+    (0, 0, 0), (150, 90, 30), (230, 30, 120), (128, 128, 0),
+)
+"""Colours of predicted objects 1, 2, ... (cycled beyond 8): Okabe-Ito vermillion, reddish purple and yellow,
+then violet, black, brown, magenta, olive; all far from the GT-only blue and from orange and green."""
+NO_TARGET_PRED = "prediction: no target"
+NO_TARGET_GT = "ground truth: no target"
+_MAX_OBJECT_LEGEND = 12  # legend entries beyond this are summarised as "+k more objects"
 
 __all__ = [
-    "PRED_ONLY_RGB", "GT_ONLY_RGB", "OVERLAP_RGB", "BACKGROUND_RGB", "VIEWS", "check_render_backend",
-    "dim_colors", "prediction_colors", "render_prediction", "save_colored_ply", "show_interactive",
-    "render_scene_predictions", "slugify",
+    "PRED_ONLY_RGB", "GT_ONLY_RGB", "OVERLAP_RGB", "BACKGROUND_RGB", "OBJECT_RGB", "NO_TARGET_PRED",
+    "NO_TARGET_GT", "VIEWS", "check_render_backend", "dim_colors", "prediction_colors", "object_colors",
+    "render_prediction", "save_colored_ply", "show_interactive", "render_scene_predictions", "slugify",
 ]
 
 # Highlighted points are drawn this much larger than the scene so that a thin object stays visible.
@@ -130,6 +146,83 @@ def _legend(pred: np.ndarray, gt: np.ndarray | None) -> list[LegendEntry]:
     ]
 
 
+def object_colors(
+    color: np.ndarray, pred_objects: Sequence[np.ndarray], gt_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point display colours of several predicted objects and highlight flags.
+
+    Args:
+        color: (N, 3) uint8 RGB, the scene's own colours.
+        pred_objects: K masks, each (N,) bool, one per predicted object; object k is drawn in
+            ``OBJECT_RGB[k % 8]`` (a later object wins where two overlap).
+        gt_mask: (N,) bool or None; ground-truth points outside every object are GT-only blue.
+
+    Returns:
+        ``(rgb, highlighted)``: (N, 3) uint8 and (N,) bool, True on object and ground-truth points.
+    """
+    rgb = dim_colors(color)
+    covered = np.zeros(len(rgb), dtype=bool)
+    for k, obj in enumerate(pred_objects):
+        obj = np.asarray(obj, dtype=bool)
+        rgb[obj] = OBJECT_RGB[k % len(OBJECT_RGB)]
+        covered |= obj
+    gt = np.zeros_like(covered) if gt_mask is None else np.asarray(gt_mask, dtype=bool)
+    rgb[gt & ~covered] = GT_ONLY_RGB
+    return rgb, covered | gt
+
+
+def _object_legend(objects: Sequence[np.ndarray], gt: np.ndarray | None) -> list[LegendEntry]:
+    """"object k (n pts)" per object, then GT-only points and the IoU of the union with the ground truth."""
+    entries = [LegendEntry(OBJECT_RGB[k % len(OBJECT_RGB)], f"object {k + 1} ({int(obj.sum())} pts)")
+               for k, obj in enumerate(objects[:_MAX_OBJECT_LEGEND])]
+    if len(objects) > _MAX_OBJECT_LEGEND:
+        entries.append(LegendEntry(None, f"+{len(objects) - _MAX_OBJECT_LEGEND} more objects"))
+    if gt is not None:
+        union_pred = np.logical_or.reduce(list(objects))
+        fn, union = int((gt & ~union_pred).sum()), int((gt | union_pred).sum())
+        entries.append(LegendEntry(GT_ONLY_RGB, f"GT only/FN {fn}"))
+        entries.append(LegendEntry(None, f"IoU {int((gt & union_pred).sum()) / union:.2f}" if union
+                                   else "IoU n/a (both empty)"))
+    return entries
+
+
+def _check_objects(pred_objects: Sequence[np.ndarray] | None, n: int) -> list[np.ndarray]:
+    out = []
+    for k, obj in enumerate(pred_objects or ()):
+        obj = np.asarray(obj)
+        if obj.ndim != 1 or obj.shape[0] != n:
+            raise ValueError(f"pred_objects[{k}] has shape {obj.shape} but coord has {n} points: object masks "
+                             "must be (N,) bool over the same points")
+        out.append(obj.astype(bool, copy=False))
+    return out
+
+
+def _gres_view(
+    color: np.ndarray, pred: np.ndarray, gt: np.ndarray | None, pred_objects: Sequence[np.ndarray] | None,
+    no_target: bool | None,
+) -> tuple[np.ndarray, np.ndarray, list[LegendEntry], list[str]]:
+    """Colours, highlight flags, legend and status lines of one render (RG-SAN's when both options are None)."""
+    if pred_objects is None and no_target is None:
+        rgb, highlighted = prediction_colors(color, pred, gt)
+        return rgb, highlighted, _legend(pred, gt), []
+    objects = _check_objects(pred_objects, len(pred))
+    if no_target:  # the evaluator scores a "no target" answer as an empty mask: draw it as one
+        pred, objects = np.zeros_like(pred), []
+    if len(objects) >= 2:
+        rgb, highlighted = object_colors(color, objects, gt)
+        legend = _object_legend(objects, gt)
+    else:
+        rgb, highlighted = prediction_colors(color, pred, gt)
+        legend = _legend(pred, gt)
+    pred_empty = not pred.any() and not any(o.any() for o in objects)
+    notes = [NO_TARGET_PRED] if pred_empty else []
+    if gt is not None and not gt.any():
+        notes.append(NO_TARGET_GT)
+        if pred_empty:  # 3D-GRES scores a correct "no target" 1 (grounding.metrics.gres), not "n/a"
+            legend[-1] = LegendEntry(None, "IoU 1.00 (no target, correct)")
+    return rgb, highlighted, legend, notes
+
+
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Write through a temporary file in the same directory, then rename: readers never see half a file."""
     path = Path(path)
@@ -156,6 +249,8 @@ def render_prediction(
     height: int = 720,
     view: str = "auto",
     point_size: float = 3.0,
+    pred_objects: Sequence[np.ndarray] | None = None,
+    no_target: bool | None = None,
 ) -> Path:
     """Render a predicted referring mask (and its ground truth) over the scene to a PNG, offscreen.
 
@@ -172,6 +267,11 @@ def render_prediction(
             empty), ``"top"`` straight down on it, ``"overview"`` whole scene. See
             :func:`pointcloud.render_offscreen.compute_camera`.
         point_size: scene point size in pixels; highlighted points are drawn 1.6x larger.
+        pred_objects: 3D-GRES, K masks (N,) bool, one per predicted object (their union is ``pred_mask``); with
+            K >= 2 every object gets its own colour of ``OBJECT_RGB`` and a legend entry "object k".
+        no_target: 3D-GRES, the model's "no target" answer (drawn as an empty prediction). Giving either 3D-GRES
+            option adds the status lines "prediction: no target" (empty prediction) and "ground truth: no target"
+            (empty ``gt_mask``) to the band; with both None the render is the RG-SAN one.
 
     Returns:
         ``out_png`` as a Path.
@@ -183,8 +283,7 @@ def render_prediction(
     coord, color, pred, gt = _check_inputs(coord, color, pred_mask, gt_mask)
     if width < 64 or height < 64:
         raise ValueError(f"width and height must be at least 64 pixels, got {width}x{height}")
-    rgb, highlighted = prediction_colors(color, pred, gt)
-    legend = _legend(pred, gt)
+    rgb, highlighted, legend, notes = _gres_view(color, pred, gt, pred_objects, no_target)
 
     def draw(render_height: int) -> np.ndarray:
         camera = compute_camera(coord, highlighted, view=view, aspect=width / render_height)
@@ -195,18 +294,20 @@ def render_prediction(
         bg = tuple(v / 255.0 for v in BACKGROUND_RGB)
         return render_point_layers(layers, camera, width, render_height, background=bg)
 
-    image = compose_with_band(draw, width, height, caption, legend)
+    image = compose_with_band(draw, width, height, caption, legend, notes)
     return _atomic_write(Path(out_png), lambda tmp: image.save(tmp, format="PNG"))
 
 
 def save_colored_ply(
-    path: Path, coord: np.ndarray, color: np.ndarray, pred_mask: np.ndarray, gt_mask: np.ndarray | None = None
+    path: Path, coord: np.ndarray, color: np.ndarray, pred_mask: np.ndarray, gt_mask: np.ndarray | None = None,
+    pred_objects: Sequence[np.ndarray] | None = None, no_target: bool | None = None,
 ) -> Path:
     """Write the scene as a binary .ply with the same colouring as :func:`render_prediction` (via Open3D).
 
     Args:
         path: destination ``.ply``; parent directories are created, written atomically.
         coord: (N, 3) float, metres, z-up. color: (N, 3) uint8. pred_mask, gt_mask: (N,) bool.
+        pred_objects, no_target: the 3D-GRES options of :func:`render_prediction`.
 
     Open3D stores colours as uint8 in the file, so ``o3d.io.read_point_cloud(path).colors * 255``
     rounds back to exactly :func:`prediction_colors`.
@@ -214,7 +315,7 @@ def save_colored_ply(
     import open3d as o3d
 
     coord, color, pred, gt = _check_inputs(coord, color, pred_mask, gt_mask)
-    rgb, _ = prediction_colors(color, pred, gt)
+    rgb, _, _, _ = _gres_view(color, pred, gt, pred_objects, no_target)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord))
     cloud.colors = o3d.utility.Vector3dVector(rgb / 255.0)
 
@@ -274,7 +375,8 @@ def slugify(text: str, max_len: int = _SLUG_MAX) -> str:
 def render_scene_predictions(
     scene_coord: np.ndarray,
     scene_color: np.ndarray,
-    items: Sequence[tuple[str | int, str, np.ndarray, np.ndarray | None]],
+    items: Sequence[tuple[str | int, str, np.ndarray, np.ndarray | None]
+                    | tuple[str | int, str, np.ndarray, np.ndarray | None, Mapping[str, Any]]],
     out_dir: Path,
     max_items: int | None = None,
     **render_kwargs: Any,
@@ -283,14 +385,17 @@ def render_scene_predictions(
 
     Args:
         scene_coord: (N, 3) float, metres, z-up. scene_color: (N, 3) uint8.
-        items: ``(sample_id, description, pred_mask (N,) bool, gt_mask (N,) bool or None)``.
+        items: ``(sample_id, description, pred_mask (N,) bool, gt_mask (N,) bool or None)``, optionally with a
+            fifth element: per-item :func:`render_prediction` options, the 3D-GRES ``pred_objects`` and
+            ``no_target``.
         out_dir: created when missing.
         max_items: render only the first ``max_items`` items.
         render_kwargs: passed to :func:`render_prediction` (width, height, view, point_size).
 
     Files are ``<sample id slug>__<description slug>.png``; the sample id keeps names unique, and a
     ``-2``, ``-3``... suffix is added if two items still collide. ``index.json`` holds
-    ``{"items": [{"file", "sample_id", "description", "n_pred", "n_gt", "iou"}]}``.
+    ``{"items": [{"file", "sample_id", "description", "n_pred", "n_gt", "iou"}]}``; items with 3D-GRES options
+    also record ``n_objects`` and ``no_target`` (``iou`` stays the plain mask IoU, None when both are empty).
 
     Returns:
         the PNG paths in item order.
@@ -301,7 +406,8 @@ def render_scene_predictions(
     used: set[str] = set()
     paths: list[Path] = []
     index = []
-    for sample_id, description, pred_mask, gt_mask in selected:
+    for sample_id, description, pred_mask, gt_mask, *rest in selected:
+        options = dict(rest[0]) if rest else {}
         stem = f"{slugify(str(sample_id), 40)}__{slugify(description)}"
         name, k = f"{stem}.png", 1
         while name in used:
@@ -309,9 +415,12 @@ def render_scene_predictions(
             name = f"{stem}-{k}.png"
         used.add(name)
         path = render_prediction(
-            scene_coord, scene_color, pred_mask, gt_mask, out_dir / name, caption=description, **render_kwargs
+            scene_coord, scene_color, pred_mask, gt_mask, out_dir / name, caption=description,
+            **render_kwargs, **options,
         )
         pred = np.asarray(pred_mask, dtype=bool)
+        if options.get("no_target"):
+            pred = np.zeros_like(pred)
         if isinstance(sample_id, np.generic):  # numpy ids (e.g. from an id array) are not JSON-serialisable
             sample_id = sample_id.item()
         entry = {"file": name, "sample_id": sample_id, "description": description, "n_pred": int(pred.sum())}
@@ -321,6 +430,8 @@ def render_scene_predictions(
             entry.update(n_gt=int(gt.sum()), iou=(int((pred & gt).sum()) / union) if union else None)
         else:
             entry.update(n_gt=None, iou=None)
+        if "pred_objects" in options or "no_target" in options:
+            entry.update(n_objects=len(options.get("pred_objects") or ()), no_target=not pred.any())
         index.append(entry)
         paths.append(path)
     text = json.dumps({"items": index}, indent=2, ensure_ascii=False)

@@ -6,7 +6,7 @@ easy to tell apart from the white render above it, for people and for tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 BAND_RGB = (32, 32, 32)
 TEXT_RGB = (240, 240, 240)
+NOTE_RGB = (240, 228, 66)  # status lines ("prediction: no target"): yellow, so they stand out from the caption
 MAX_CAPTION_LINES = 4
 MIN_RENDER_HEIGHT = 48
 
@@ -85,6 +86,7 @@ def compose_with_band(
     height: int,
     caption: str | None,
     legend: list[LegendEntry],
+    notes: Sequence[str] = (),
 ) -> Image.Image:
     """Build a ``width x height`` RGB image: the render on top and a dark caption/legend band below.
 
@@ -93,6 +95,8 @@ def compose_with_band(
             (render_height, width, 3) uint8 image.
         caption: wrapped to at most ``MAX_CAPTION_LINES`` lines; None or blank draws the legend only.
         legend: drawn on the last line of the band.
+        notes: status lines (e.g. ``"prediction: no target"``), one line each in ``NOTE_RGB`` between the
+            caption and the legend; never cut by a long caption. Empty: the band is exactly as without them.
     """
     font_size = max(12, round(height / 40))
     font = _font(font_size)
@@ -101,7 +105,8 @@ def compose_with_band(
     lines = _wrap(caption, font, width - 2 * pad, MAX_CAPTION_LINES) if caption and caption.strip() else []
     swatch = max(8, font_size - 4)
     legend_rows = _layout_legend(legend, font, swatch, pad, width)
-    band_h = 2 * pad + line_h * (len(lines) + len(legend_rows))
+    note_lines = [_fit(" ".join(str(n).split()), font, width - 2 * pad) for n in notes if str(n).strip()]
+    band_h = 2 * pad + line_h * (len(lines) + len(note_lines) + len(legend_rows))
     render_h = height - band_h
     if render_h < MIN_RENDER_HEIGHT:
         raise ValueError(f"image height {height} leaves {render_h} px for the render after the caption band")
@@ -115,6 +120,9 @@ def compose_with_band(
     y = render_h + pad
     for line in lines:
         pen.text((pad, y), line, fill=TEXT_RGB, font=font)
+        y += line_h
+    for line in note_lines:
+        pen.text((pad, y), line, fill=NOTE_RGB, font=font)
         y += line_h
     for row in legend_rows:
         for x, entry in row:

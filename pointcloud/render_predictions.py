@@ -2,7 +2,10 @@
 
 Each line of ``predictions.jsonl`` holds ``sample_id``, ``scene_id``, ``description``, ``num_points``,
 ``pred_mask_rle`` (run-length pairs over the prepared scene's original point order) and, from RG-SAN and MDIN,
-``gt_object_ids`` (the GT mask is the union of those instances) and ``iou``. Output, per scene:
+``gt_object_ids`` (the GT mask is the union of those instances) and ``iou``. 3D-GRES lines (MDIN) may add
+``no_target`` (bool) and ``pred_objects_rle`` (one run-length mask per predicted object): each object is then
+drawn in its own colour and an empty answer is captioned "prediction: no target"
+(:func:`pointcloud.render.render_prediction`); lines without these keys render as before. Output, per scene:
 ``<out>/<scene_id>/<sample>__<description>.png`` (+ ``.ply`` on request) and an ``index.json``.
 """
 
@@ -87,6 +90,27 @@ def prediction_masks(pred: PredictionLine, scene: PreparedScene,
     return mask, gt
 
 
+def prediction_objects(pred: PredictionLine, scene: PreparedScene, path: str | Path) -> dict[str, Any]:
+    """The 3D-GRES render options of one line: ``{"pred_objects": [(N,) bool, ...], "no_target": bool}``, holding
+    only the keys the line has (``{}`` for an RG-SAN line); errors name ``path``, the line and the field."""
+    rec = pred.record
+    options: dict[str, Any] = {}
+    where = f"line {pred.line} (sample {rec['sample_id']})"
+    if "no_target" in rec:
+        if not isinstance(rec["no_target"], bool):
+            raise DataFormatError(path, f"{where}: field 'no_target' must be true or false, got {rec['no_target']!r}")
+        options["no_target"] = rec["no_target"]
+    if "pred_objects_rle" in rec:
+        runs = rec["pred_objects_rle"]
+        if not isinstance(runs, list):
+            raise DataFormatError(path, f"{where}: field 'pred_objects_rle' must be a list of run-length masks")
+        try:
+            options["pred_objects"] = [rle_to_mask(r, scene.num_points).numpy() for r in runs]
+        except (ValueError, TypeError) as e:
+            raise DataFormatError(path, f"{where}: field 'pred_objects_rle': {e}") from e
+    return options
+
+
 def _by_scene(preds: Sequence[PredictionLine]) -> Iterator[tuple[str, list[PredictionLine]]]:
     order: dict[str, list[PredictionLine]] = {}
     for p in preds:
@@ -120,11 +144,14 @@ def render_predictions(predictions: str | Path, scenes_dir: str | Path, out_dir:
         items = []
         for p in group:
             mask, gt = prediction_masks(p, scene, path)
-            items.append((p.record["sample_id"], p.record["description"], mask, gt))
+            options = prediction_objects(p, scene, path)
+            item = (p.record["sample_id"], p.record["description"], mask, gt)
+            items.append((*item, options) if options else item)
         pngs = render_scene_predictions(scene.coord, scene.color, items, Path(out_dir) / scene_id, **render_kwargs)
         if ply:
-            for png, (_, _, mask, gt) in zip(pngs, items):
-                save_colored_ply(png.with_suffix(".ply"), scene.coord, scene.color, mask, gt)
+            for png, (_, _, mask, gt, *options) in zip(pngs, items):
+                save_colored_ply(png.with_suffix(".ply"), scene.coord, scene.color, mask, gt,
+                                 **(options[0] if options else {}))
         png_of.update((id(p), png) for p, png in zip(group, pngs))
         done += len(items)
         if progress is not None:
