@@ -1,7 +1,8 @@
 """Multi3DRefer-format descriptions: zero, one or several targets, all five eval types (data spec §6).
 
 - ``mt``: a class with several objects and filters that hold for at least two of them and for none
-  ambiguously ("the brown chairs that are next to the table.").
+  ambiguously ("the brown chairs that are next to the table."); classes of three or more objects are
+  preferred, with filters that select a proper subset of them.
 - ``st_w_d`` / ``st_wo_d``: one target singled out as for ScanRefer, with / without other objects of
   its class in the scene.
 - ``zt_w_d``: objects of the class exist, but no object of it satisfies the description. Preferably
@@ -55,16 +56,32 @@ def _distinct_kinds(facts: list[Fact], k: int, rng: np.random.Generator) -> list
 
 
 def _multi(sf: SceneFacts, rng: np.random.Generator) -> tuple[str, list[Fact]] | None:
+    """A class with several objects and filters that select at least two of them.
+
+    Classes with four or more objects are preferred (3 in 4 draws when the room has one), then classes of three;
+    for classes of three or more the
+    first attempts look for filters that select a *proper* subset, at most half of the class when it has four or
+    more objects ("the chairs left of the table" among five chairs). Otherwise most answers would be "every
+    object of the class", which a model can give from the class name alone: the 3D-GRES bar compares MDIN with
+    exactly that baseline, and the real Multi3DRefer has such subset descriptions.
+    """
     labels = sorted({t.label for t in sf.geom.things if len(sf.members(t.label)) >= 2})
     if not labels:
         return None
-    label = _pick(labels, rng)
+    larger = [lab for lab in labels if len(sf.members(lab)) >= 4]
+    large = [lab for lab in labels if len(sf.members(lab)) >= 3]
+    pick = rng.random()
+    label = _pick(larger if larger and pick < 0.75 else large if large and pick < 0.85 else labels, rng)
     members = sf.members(label)
     pool = [f for f in sf.filters if (f.values[members] == TRUE).sum() >= 2 and usable(sf, f, label, members)]
-    for _ in range(30):
-        facts = _distinct_kinds(pool, int(rng.choice([0, 1, 2], p=[0.1, 0.6, 0.3])), rng)
+    most = len(members) // 2 if len(members) >= 4 else len(members) - 1  # a proper subset: at most this many
+    for attempt in range(30):
+        proper = len(members) >= 3 and attempt < 20
+        p_facts = [0.0, 0.6, 0.4] if proper else [0.1, 0.6, 0.3]
+        facts = _distinct_kinds(pool, int(rng.choice([0, 1, 2], p=p_facts)), rng)
         val = conjunction(facts, len(sf.geom.things))[members]
-        if (val == TRUE).sum() >= 2 and not (val == UNSURE).any():
+        hits = int((val == TRUE).sum())
+        if hits >= 2 and not (val == UNSURE).any() and (not proper or hits <= most):
             return label, facts
     return None
 

@@ -18,6 +18,8 @@ Choices where the spec leaves room:
   (straight-through estimator). Features of kept tokens are multiplied by this weight (exactly 1
   forward), so gradients reach the token and text features (and the projection) through the scores.
   It is active whenever autograd records the scores, in mask mode (the training mode) and gather mode.
+- ``score_fn="softmax_sum"`` is MDIN's sampler score (superpoint seeds against words): it ranks seeds by
+  how much of each word's attention they receive; it also serves superpoint TokenSets for 3D heads.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from torch import Tensor, nn
 from grounding.compress.base import Budget, CompressContext, Compressor, Plan, build_selection_plan
 from grounding.tokens import TokenSet
 
-__all__ = ["TextGuidedTopK", "text_similarity"]
+__all__ = ["SCORE_FNS", "TextGuidedTopK", "text_similarity"]
+
+SCORE_FNS = ("cosine", "softmax_sum")
 
 
 def text_similarity(x: Tensor, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
@@ -70,6 +74,12 @@ class TextGuidedTopK(Compressor):
         text_dim, token_dim: give both to project text features (text_dim) into the token space
             (token_dim) with a learned bias-free Linear before scoring.
         fill: restore value for dropped tokens when nothing is carried and nothing is fused.
+        score_fn: ``"cosine"`` (above) or ``"softmax_sum"``, MDIN's text-driven sampler (rgsan-mdin spec §6.2):
+            softmax over the tokens of each word's scaled dot products, summed over words
+            (:meth:`score_terms`); needs ``text_dim``, ``token_dim`` and ``score_dim``.
+        score_dim: width both sides are projected to for ``softmax_sum``.
+        straight_through: the differentiable keep weight; False keeps the selection hard in both passes
+            (MDIN trains its sampler with its own loss only).
     """
 
     def __init__(
@@ -82,6 +92,9 @@ class TextGuidedTopK(Compressor):
         text_dim: int | None = None,
         token_dim: int | None = None,
         fill: float = 0.0,
+        score_fn: str = "cosine",
+        score_dim: int | None = None,
+        straight_through: bool = True,
     ) -> None:
         super().__init__(mode, fill)
         self.budget = Budget(ratio=None if k is not None else ratio, k=k)
@@ -89,15 +102,59 @@ class TextGuidedTopK(Compressor):
         if temperature <= 0:
             raise ValueError(f"TextGuidedTopK.temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        if score_fn not in SCORE_FNS:
+            raise ValueError(f"TextGuidedTopK.score_fn must be one of {SCORE_FNS}, got {score_fn!r}")
+        self.score_fn = score_fn
+        self.straight_through = straight_through
         if (text_dim is None) != (token_dim is None):
             raise ValueError("TextGuidedTopK: give both text_dim and token_dim for a projection, or neither")
-        self.proj = nn.Linear(text_dim, token_dim, bias=False) if text_dim is not None else None
+        self.proj: nn.Linear | None = None
+        self.token_proj: nn.Linear | None = None
+        if score_fn == "softmax_sum":
+            if text_dim is None or score_dim is None:
+                raise ValueError("TextGuidedTopK(score_fn='softmax_sum') needs text_dim, token_dim and score_dim: "
+                                 "tokens and words are each projected to score_dim without bias")
+            self.proj = nn.Linear(text_dim, score_dim, bias=False)
+            self.token_proj = nn.Linear(token_dim, score_dim, bias=False)
+        elif text_dim is not None:
+            self.proj = nn.Linear(text_dim, token_dim, bias=False)
 
     def extra_repr(self) -> str:
-        return f"budget={self.budget}, mode={self.mode!r}, fuse={self.fuse}"
+        return f"budget={self.budget}, mode={self.mode!r}, fuse={self.fuse}, score_fn={self.score_fn!r}"
+
+    def score_terms(self, tokens: TokenSet, text: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``score_fn="softmax_sum"`` (MDIN's sampler, rgsan-mdin spec §6.2 step 3): (B, N) scores and logits.
+
+        Tokens and words are projected to ``score_dim`` without bias; ``a[b, n, t] = <x_n, w_t> / sqrt(score_dim)``;
+        the score is ``softmax over the valid tokens n`` of ``a``, zeroed on padded words and summed over words,
+        in [0, #words]. The logit is ``max over valid words of a``: a real logit for a sigmoid loss (the original
+        feeds the non-negative score to a focal loss, whose sigmoid is then >= 0.5 always: spec D2). Both are
+        float32; padding tokens get score 0 and logit -1e4.
+        """
+        if self.token_proj is None or self.proj is None:
+            raise ValueError("TextGuidedTopK.score_terms is the softmax_sum score; build with score_fn='softmax_sum'")
+        x = tokens.x
+        if text.dim() != 3 or text.shape[0] != x.shape[0]:
+            raise ValueError(f"TextGuidedTopK(softmax_sum): text must be (B, T, C) with B = {x.shape[0]}, "
+                             f"got {tuple(text.shape)}")
+        mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device) if text_mask is None else text_mask
+        if mask.shape != text.shape[:2]:
+            raise ValueError(f"text_mask {tuple(mask.shape)} must be (B, T) = {tuple(text.shape[:2])}")
+        k = self.token_proj(x).float()
+        w = self.proj(text).float()
+        a = torch.einsum("bnc,btc->bnt", k, w) / (k.shape[-1] ** 0.5)  # (B, N, T)
+        valid = tokens.valid
+        # Softmax over the token axis; a sample without valid tokens gets zeros instead of NaN.
+        prob = torch.softmax(a.masked_fill(~valid[:, :, None], float("-inf")), dim=1).nan_to_num(0.0)
+        scores = (prob * mask[:, None, :].float()).sum(-1)
+        logits = a.masked_fill(~mask[:, None, :].bool(), float("-inf")).amax(-1)
+        return scores.masked_fill(~valid, 0.0), logits.masked_fill(~valid, -1e4)
 
     def scores(self, tokens: TokenSet, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
-        """(B, N) float32 cosine scores of ``tokens.x`` (B, N, C) against ``text`` (B, C) or (B, T, C)."""
+        """(B, N) float32 cosine scores of ``tokens.x`` (B, N, C) against ``text`` (B, C) or (B, T, C)
+        (``score_fn="cosine"``), or the softmax-sum scores of :meth:`score_terms`."""
+        if self.score_fn == "softmax_sum":
+            return self.score_terms(tokens, text, text_mask)[0]
         x = tokens.x
         if text.dim() not in (2, 3) or text.shape[0] != x.shape[0]:
             raise ValueError(
@@ -131,9 +188,12 @@ class TextGuidedTopK(Compressor):
         """
         if ctx is None or ctx.text is None:
             raise ValueError("TextGuidedTopK.plan needs CompressContext.text: (B, C) or (B, T, C) features")
-        budget = ctx.budget or self.budget
+        return self.plan_from_scores(tokens, self.scores(tokens, ctx.text, ctx.text_mask), ctx)
+
+    def plan_from_scores(self, tokens: TokenSet, scores: Tensor, ctx: CompressContext | None = None) -> Plan:
+        """The top-k plan of given (B, N) scores (from :meth:`scores` or :meth:`score_terms`)."""
+        budget = (ctx.budget if ctx is not None else None) or self.budget
         mode = self.resolve_mode(ctx)
-        scores = self.scores(tokens, ctx.text, ctx.text_mask)
         b, n = scores.shape
         cand = tokens.valid & ~tokens.protect
         ranked = scores.detach().masked_fill(~cand, float("-inf"))
@@ -143,7 +203,7 @@ class TextGuidedTopK(Compressor):
         k = budget.keep_counts(cand.sum(dim=1))
         keep = cand & (rank < k.unsqueeze(1))
         keep_weight = None
-        if torch.is_grad_enabled() and scores.requires_grad:
+        if self.straight_through and torch.is_grad_enabled() and scores.requires_grad:
             keep_weight = self._straight_through(scores, sorted_vals, k, keep, cand)
         return build_selection_plan(
             tokens,
@@ -152,7 +212,7 @@ class TextGuidedTopK(Compressor):
             fuse=self.fuse,
             keep_weight=keep_weight,
             scores=scores.masked_fill(~tokens.valid, 0.0),
-            block=ctx.block,
+            block=ctx.block if ctx is not None else 0,
         )
 
     def _straight_through(

@@ -34,3 +34,22 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int | No
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def poly(optimizer: Optimizer, power: float = 4.0, total_steps: int | None = None, end_ratio: float = 0.0) -> LambdaLR:
+    """Polynomial decay ``lr * max(1 - step / total_steps, 0) ** power``, floored at ``end_ratio * lr``.
+
+    MDIN's PolyLR (rgsan-mdin spec §8: power 4, 70 epochs, end value 0) steps once per epoch; configured with
+    ``scheduler_interval: epoch`` the engine's ``total_steps`` would be optimizer steps, so give
+    ``total_steps`` = the number of epochs there, or use ``scheduler_interval: step`` (decay per step; the
+    per-epoch staircase differs by less than one epoch's decay).
+    """
+    if total_steps is None:
+        raise ValueError("poly needs total_steps (the engine fills it from the trainer)")
+    if total_steps < 1 or power <= 0 or not 0.0 <= end_ratio <= 1.0:
+        raise ValueError(f"bad schedule: total_steps={total_steps}, power={power}, end_ratio={end_ratio}")
+
+    def factor(step: int) -> float:
+        return max(max(1.0 - step / total_steps, 0.0) ** power, end_ratio)
+
+    return LambdaLR(optimizer, factor)

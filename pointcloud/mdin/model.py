@@ -1,0 +1,243 @@
+"""MDIN (ACM MM 2024) for generalized 3D referring segmentation: zero, one or many targets (rgsan-mdin spec §6).
+
+``MDIN(batch) -> MDINOutputs``: sparse U-Net once per scene -> superpoint mean pooling -> ``inst_feats`` ->
+farthest-point seeds (256) -> text-driven sampler (:class:`grounding.compress.TextGuidedTopK` with MDIN's
+softmax-sum score) keeps 128 seeds per description -> query MLP -> decoder (6 layers) -> heads at every depth
+(7 predictions: the initial queries and each layer). No loss inside (:mod:`.criterion`), no thresholding
+(:mod:`.postprocess`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from datasets.batch3d import ReferBatch3D
+from grounding.compress import CompressContext, TextGuidedTopK
+from grounding.text import DependencyParser, Parse, TextEncoder
+from grounding.tokens import TokenSet, batched_gather
+from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
+from pointcloud.mdin.decoder import MDINDecoderLayer, MDINHeads, attention_mask_from_logits
+from pointcloud.mdin.fps import batched_fps
+from pointcloud.mdin.phrases import NO_OBJECT_SUFFIX, SETS, phrase_sets
+from pointcloud.rgsan.tlm import mlp
+from pointcloud.superpoint_pool import (
+    SUPERPOINT_GEOMETRY_DIM,
+    pad_by_offsets,
+    superpoint_geometry,
+    superpoint_pool,
+    voxel_to_point,
+)
+
+log = logging.getLogger(__name__)
+TASK_TYPES = ("gres", "res")
+
+
+@dataclass
+class MDINOutputs:
+    """Raw outputs for D descriptions, Q queries each (L = decoder layers; prediction 0 = the initial queries).
+
+    Attributes:
+        pred_masks: (L + 1, D, Q, S_max) superpoint mask logits over the description's scene.
+        pred_scores: (L + 1, D, Q) predicted IoU.
+        pred_indicator: (L + 1, D, Q, 2) target / non-target logits (class 1 = target).
+        query_proj: (L + 1, D, Q, P) unit contrastive projections of the queries.
+        token_proj: (D, T, P) unit contrastive projections of the final words.
+        word_valid: (D, T) bool, real words (the appended " . not mentioned" included).
+        word_sets: name -> (D, T) bool positive word sets: ``main``, ``modifier``, ``pronoun``, ``relation``,
+            ``other`` (spec §6.7) and ``no_object`` (the words "not" and "mentioned").
+        sp_padding: (D, S_max) bool, True on padding superpoints.
+        query_valid: (D, Q) bool, False on padding queries (scenes with fewer seeds than Q).
+        query_sp: (D, Q) int64 scene-local superpoint index of each query's seed.
+        seed_sp: (D, K) int64 scene-local superpoint index of every seed; seed_valid: (D, K) bool.
+        seed_scores: (D, K) softmax-sum relevance (the ranking), seed_logits: (D, K) its logit (max over words of
+            the scaled dot product) for the sampler loss.
+    """
+
+    pred_masks: Tensor
+    pred_scores: Tensor
+    pred_indicator: Tensor
+    query_proj: Tensor
+    token_proj: Tensor
+    word_valid: Tensor
+    word_sets: dict[str, Tensor]
+    sp_padding: Tensor
+    query_valid: Tensor
+    query_sp: Tensor
+    seed_sp: Tensor
+    seed_valid: Tensor
+    seed_scores: Tensor
+    seed_logits: Tensor
+
+
+class MDIN(nn.Module):
+    """MDIN model.
+
+    Args:
+        backbone: the sparse U-Net (:class:`pointcloud.backbone.SparseUNet`), (V, 6) -> (V, C_sp).
+        text_encoder: the shared :class:`grounding.text.TextEncoder` (RoBERTa-base in the recipe, frozen).
+        d_model, num_heads, ffn_dim, num_layers: 256, 8, 1024, 6.
+        num_seeds: farthest-point seeds per scene (256); num_queries: seeds kept per description (128).
+        attn_mask_threshold: superpoints with sigmoid(previous mask logit) below it are masked (0.5).
+        proj_dim: contrastive projection width (64).
+        task_type: ``"gres"`` (Multi3DRes) or ``"res"`` (ScanRefer); read by the postprocess.
+        parser_model: spaCy package for the :class:`~grounding.text.DependencyParser` (None: the shipped one).
+        max_words: parsed words kept per description (longer texts are cut and re-parsed).
+        superpoint_geometry: append hand-made superpoint descriptors (mean colour, heights, extent) to the pooled
+            features. Not published (False); for backbones trained from scratch.
+        parity_residual_only, parity_triple_residual: reproduce defects D3 / D4 (:mod:`.decoder`).
+        backbone_checkpoint: SPFormer checkpoint whose U-Net keys :meth:`load_pretrained` loads.
+        backbone_lr_mult, text_lr_mult: learning-rate scales of :meth:`param_groups` (0.01, 0.001).
+        fps_start: index of the first FPS seed (0).
+    """
+
+    def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
+                 ffn_dim: int = 1024, num_layers: int = 6, num_seeds: int = 256, num_queries: int = 128,
+                 attn_mask_threshold: float = 0.5, proj_dim: int = 64, task_type: str = "gres",
+                 parser_model: str | None = None, max_words: int = 78, superpoint_geometry: bool = False,
+                 parity_residual_only: bool = False, parity_triple_residual: bool = False,
+                 backbone_checkpoint: str | None = None, backbone_lr_mult: float = 0.01,
+                 text_lr_mult: float = 0.001, fps_start: int = 0, parse_cache_size: int = 200_000) -> None:
+        super().__init__()
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"MDIN.task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        if num_queries > num_seeds:
+            raise ValueError(f"MDIN: num_queries ({num_queries}) cannot exceed num_seeds ({num_seeds})")
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        sp_channels = int(getattr(backbone, "out_channels", 32)) + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry
+                                                                     else 0)
+        self.inst_proj = nn.Sequential(nn.Linear(sp_channels, d_model), nn.LayerNorm(d_model), nn.ReLU())
+        self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, d_model), nn.LayerNorm(d_model))
+        self.sampler = TextGuidedTopK(k=num_queries, mode="gather", score_fn="softmax_sum", text_dim=d_model,
+                                      token_dim=d_model, score_dim=d_model, straight_through=False)
+        self.query_generator = mlp([d_model, d_model, d_model, d_model])
+        self.layers = nn.ModuleList(MDINDecoderLayer(d_model, num_heads, ffn_dim, parity_residual_only,
+                                                     parity_triple_residual) for _ in range(num_layers))
+        self.heads = MDINHeads(d_model, proj_dim)
+        self.token_proj = mlp([d_model, d_model, d_model, proj_dim])
+        self.parser = DependencyParser(model=parser_model, max_words=max_words)
+        self.num_seeds, self.num_queries = num_seeds, num_queries
+        self.attn_mask_threshold = attn_mask_threshold
+        self.task_type = task_type
+        self.superpoint_geometry = superpoint_geometry
+        self.backbone_checkpoint = backbone_checkpoint
+        self.backbone_lr_mult, self.text_lr_mult = backbone_lr_mult, text_lr_mult
+        self.fps_start = fps_start
+        self.parse_cache_size = parse_cache_size
+        self._parses: OrderedDict[str, Parse] = OrderedDict()
+
+    # ------------------------------------------------------------------ setup helpers
+    def load_pretrained(self, strict: bool = True) -> LoadReport | None:
+        """Load the U-Net part of ``backbone_checkpoint`` (never called by ``__init__``); see RG-SAN's."""
+        if self.backbone_checkpoint is None:
+            return None
+        report = load_state_dict_report(self.backbone, self.backbone_checkpoint, prefix_map=SPARSE_UNET_PREFIXES,
+                                        strict=strict)
+        log.info("MDIN backbone: %s", report.summary())
+        return report
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups with the lr scales of spec §8: backbone x0.01, text encoder x0.001, the rest x1."""
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "decoder": []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                top = name.split(".", 1)[0]
+                groups[top if top in ("backbone", "text_encoder") else "decoder"].append(p)
+        scale = {"backbone": self.backbone_lr_mult, "text_encoder": self.text_lr_mult, "decoder": 1.0}
+        return [{"params": ps, "lr_scale": scale[k], "name": k} for k, ps in groups.items() if ps]
+
+    def parse(self, texts: Sequence[str]) -> list[Parse]:
+        """Dependency parses through an LRU cache keyed by the text (spec D22: the text itself is the key)."""
+        misses = list(dict.fromkeys(t for t in texts if t not in self._parses))
+        for text, parse in zip(misses, self.parser.parse_many(misses) if misses else []):
+            self._parses[text] = parse
+        out = []
+        for text in texts:
+            self._parses.move_to_end(text)
+            out.append(self._parses[text])
+        while len(self._parses) > self.parse_cache_size:
+            self._parses.popitem(last=False)
+        return out
+
+    # ------------------------------------------------------------------ pieces of the forward pass
+    def _text(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Words (D, T, d), valid (D, T) and the positive word sets of spec §6.7 (D, T) bool each."""
+        parses = self.parse(texts)
+        words_in = [list(p.words) + list(NO_OBJECT_SUFFIX) for p in parses]
+        feats = self.text_encoder(words_in)
+        words = self.text_proj(feats.words.to(device))
+        valid = feats.word_mask.to(device)
+        d, t = valid.shape
+        sets = {name: torch.zeros(d, t, dtype=torch.bool) for name in (*SETS, "no_object")}
+        for i, p in enumerate(parses):
+            ps = phrase_sets(p)
+            for name in SETS:
+                idx = list(getattr(ps, name))
+                if idx:
+                    sets[name][i, idx] = True
+            n = len(p.words)
+            sets["no_object"][i, [n + 1, n + 2]] = True  # "not", "mentioned" after the "."
+        return words, valid, {k: v.to(device) & valid for k, v in sets.items()}
+
+    def _predict(self, queries: Tensor, mask_keys: Tensor) -> dict[str, Tensor]:
+        return self.heads(queries, mask_keys)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: ReferBatch3D) -> MDINOutputs:
+        """Run the model on B scenes and D descriptions (see :class:`MDINOutputs`)."""
+        if batch.superpoint is None or batch.sp_offsets is None or batch.sp_center is None:
+            raise ValueError(f"MDIN needs superpoints, but the batch of scenes {batch.scene_ids} has none")
+        device = batch.voxel_feats.device
+        voxel = self.backbone(batch.voxel_feats, batch.voxel_coords, batch.spatial_shape, batch.num_scenes)
+        num_sp = int(batch.sp_offsets[-1])
+        sp = superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, num_sp)
+        if self.superpoint_geometry:
+            sp = torch.cat([sp, superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
+                                                    num_sp)], 1)
+        inst, sp_valid = pad_by_offsets(self.inst_proj(sp), batch.sp_offsets)  # (B, S, d)
+        centres, _ = pad_by_offsets(batch.sp_center.to(device, sp.dtype), batch.sp_offsets)  # (B, S, 3) metres
+        scene = batch.desc_scene.to(device)
+        sp_pad = ~sp_valid[scene]  # (D, S)
+
+        # Seeds: farthest points on the superpoint centres, once per scene.
+        seeds, seed_valid_b = batched_fps(batch.sp_center.to(device), batch.sp_offsets.to(device), self.num_seeds,
+                                          self.fps_start)
+        seed_feats = batched_gather(inst, seeds)[scene]  # (D, K, d)
+        seed_sp, seed_valid = seeds[scene], seed_valid_b[scene]
+
+        words, word_valid, word_sets = self._text(batch.texts, device)
+
+        # Text-driven sampler: the shared text-guided compressor with MDIN's softmax-sum score.
+        k = seed_feats.shape[1]
+        tokens = TokenSet(x=seed_feats, valid=seed_valid, pos=batched_gather(centres[scene], seed_sp),
+                          size=seed_valid.float(), src_index=torch.where(
+                              seed_valid, torch.arange(k, device=device).expand_as(seed_sp), -1))
+        seed_scores, seed_logits = self.sampler.score_terms(tokens, words, word_valid)
+        plan = self.sampler.plan_from_scores(tokens, seed_scores.detach(), CompressContext(mode="gather"))
+        kept = self.sampler.apply(plan, tokens)
+        query_valid = kept.valid
+        query_sp = torch.where(query_valid, batched_gather(seed_sp, plan.rep_index), 0)
+        queries = self.query_generator(kept.x)
+
+        word_pad = ~word_valid
+        mask_keys = self.heads.mask_features(inst)[scene]  # (D, S, d)
+        inst_d = inst[scene]
+        preds = [self._predict(queries, mask_keys)]
+        for layer in self.layers:
+            attn = attention_mask_from_logits(preds[-1]["masks"], sp_pad, self.attn_mask_threshold)
+            queries, words = layer(queries, words, word_pad, inst_d, sp_pad, attn)
+            preds.append(self._predict(queries, mask_keys))
+        masks = torch.stack([p["masks"] for p in preds]).masked_fill(sp_pad[None, :, None, :], -1e4)
+        return MDINOutputs(
+            pred_masks=masks, pred_scores=torch.stack([p["scores"] for p in preds]),
+            pred_indicator=torch.stack([p["indicator"] for p in preds]),
+            query_proj=torch.stack([p["proj"] for p in preds]),
+            token_proj=nn.functional.normalize(self.token_proj(words), dim=-1), word_valid=word_valid,
+            word_sets=word_sets, sp_padding=sp_pad, query_valid=query_valid, query_sp=query_sp, seed_sp=seed_sp,
+            seed_valid=seed_valid, seed_scores=seed_scores, seed_logits=seed_logits)
