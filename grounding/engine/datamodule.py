@@ -4,7 +4,12 @@ Distributed sampling is done here rather than by Lightning's automatic sampler r
 (``Trainer(use_distributed_sampler=False)`` in ``configs/trainer``), because evaluation must see every
 sample exactly once: ``torch``'s ``DistributedSampler`` pads the split with duplicated samples, which
 biases mIoU/oIoU on multi-GPU runs (a known defect of DIT's evaluation). Training uses a seeded
-``DistributedSampler``; evaluation uses an unrepeated one, so ranks may get one sample more or less.
+``DistributedSampler`` (:class:`grounding.engine.resumable.ResumableSampler`; one replica on one process);
+evaluation uses an unrepeated one, so ranks may get one sample more or less.
+
+The training order of epoch ``e`` is a pure function of ``(seed, e)``, and the data module saves the
+training loader's position in every checkpoint (``state_dict``), so a run resumed from a checkpoint written
+in the middle of an epoch continues with exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
+
+from grounding.engine.resumable import LoaderPosition, ResumableLoader, ResumableSampler
 
 
 class GroundingDataModule(L.LightningDataModule):
@@ -28,7 +35,8 @@ class GroundingDataModule(L.LightningDataModule):
         batch_size: samples per training batch per process.
         eval_batch_size: samples per evaluation batch per process (defaults to ``batch_size``).
         num_workers: loader worker processes; workers are seeded from ``seed``.
-        seed: seed of the training shuffle (the same order on every run and every world size).
+        seed: seed of the training shuffle: epoch ``e`` is ordered by ``seed + e`` (the same global order on
+            every run and every world size; each rank takes every world-size-th sample of it).
         drop_last: drop the last incomplete training batch.
         pin_memory: pin host memory of batches (CUDA).
         root: the dataset's folder; only recorded (configs interpolate their paths from it).
@@ -52,6 +60,8 @@ class GroundingDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.root = root
         self.source = dict(source or {})
+        self._train_loader: ResumableLoader | None = None
+        self._resume_position: LoaderPosition | None = None  # from a checkpoint, for the next train loader
 
     def _dataset(self, split: str) -> Dataset:
         ds = self.datasets[split]
@@ -74,20 +84,44 @@ class GroundingDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         ds = self._dataset(split)
         world, rank = self._world()
-        train = split == "train"
-        if world > 1:
-            sampler = (DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
-                                          drop_last=self.drop_last)
-                       if train else UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank,
-                                                                  shuffle=False))
-        elif train:
-            sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            sampler = SequentialSampler(ds)
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          collate_fn=self._collate(ds), num_workers=self.num_workers,
-                          drop_last=self.drop_last and train, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        if split == "train":
+            return self._train(ds, world, rank)
+        sampler = (UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
+                   if world > 1 else SequentialSampler(ds))
+        # An own generator (for the workers' base seed): evaluating never advances the global generator,
+        # so where a checkpoint falls relative to a validation cannot change what a resumed run draws.
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=self._collate(ds),
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+
+    def _train(self, ds: Dataset, world: int, rank: int) -> ResumableLoader:
+        sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=self.seed, drop_last=self.drop_last)
+        loader = ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate(ds),
+                                 num_workers=self.num_workers, drop_last=self.drop_last,
+                                 pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        if self._resume_position is not None:
+            loader.resume(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position (Lightning stores it in every checkpoint)."""
+        if self._train_loader is None:
+            return {}
+        position = self._train_loader.position()
+        trainer = self.trainer
+        # An epoch whose batches are all done resumes at the start of the next one. Lightning's count of
+        # batches per epoch is used because limit_train_batches may end an epoch before the loader does.
+        if trainer is not None and position.batches >= trainer.num_training_batches:
+            position = LoaderPosition(position.epoch + 1, 0, position.world_size)
+        return {"train_position": position.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember the saved position; the next training loader starts there."""
+        if "train_position" in state_dict:
+            self._resume_position = LoaderPosition.from_dict(state_dict["train_position"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

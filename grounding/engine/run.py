@@ -4,6 +4,7 @@ Run directory layout (``cfg.run_dir``)::
 
     config.yaml            the resolved config of this run
     checkpoints/last.ckpt  written every epoch; ``resume=auto`` continues from it
+                           (``+callbacks.checkpoint.every_n_train_steps=N``: every N steps instead)
     checkpoints/*.ckpt     best checkpoints by ``checkpoint.monitor`` when set
     tb/, csv/              TensorBoard and CSV logs
     metrics.json           (eval) every metric with its exact definition
@@ -20,9 +21,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from grounding.engine.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from grounding.engine.records import PredictionWriter, write_json
+from grounding.engine.rng import RngStateCallback
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +41,21 @@ def resolve_precision(cfg: DictConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] = ()) -> L.Trainer:
-    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers."""
+    """Instantiate ``cfg.trainer`` with the configured callbacks and loggers.
+
+    Every trainer also gets what crash-safe training needs, whatever the config says: checkpoint files
+    written atomically (:class:`AtomicCheckpointIO`, unless ``trainer.plugins`` brings its own CheckpointIO)
+    and the random generators' states in every checkpoint (:class:`RngStateCallback`).
+    """
     resolve_precision(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += [*extra_callbacks, RngStateCallback()]
     loggers = [instantiate(c) for c in (cfg.get("loggers") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks + list(extra_callbacks), logger=loggers or False)
+    configured = cfg.trainer.get("plugins")
+    plugins = list(instantiate(configured)) if configured else []
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -80,6 +94,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        for callback in trainer.checkpoint_callbacks:  # what a killed save left behind (never a checkpoint)
+            if getattr(callback, "dirpath", None):
+                remove_stale_temporaries(callback.dirpath)
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)

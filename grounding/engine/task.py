@@ -15,6 +15,7 @@ The module never names a dataset or a model; hydra wires them in.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +27,14 @@ from torchmetrics import Metric
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+NONFINITE_POLICIES = ("stop", "skip")
+
+log = logging.getLogger(__name__)
+
+
+def nonfinite_terms(terms: Mapping[str, Tensor]) -> list[str]:
+    """Names of the loss terms that are NaN or infinite."""
+    return [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
 
 
 class GroundingTask(L.LightningModule):
@@ -41,14 +50,21 @@ class GroundingTask(L.LightningModule):
         loss_weights: weight per loss term; a term not listed has weight 1.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         monitor: metric the scheduler (e.g. ReduceLROnPlateau) and checkpoint selection watch.
+        on_nonfinite_loss: what a NaN or infinite training loss does. ``"stop"``: raise
+            ``FloatingPointError`` naming the global step, the non-finite terms and the samples, before any
+            backward pass or optimizer step (so no checkpoint ever holds weights it corrupted); ``"skip"``:
+            leave the weights untouched for this batch (no backward, no update), count the step in
+            ``train/nonfinite_skipped`` and go on. In data-parallel runs all ranks skip or stop together.
     """
 
     def __init__(self, model: nn.Module, criterion: Callable[[Any, Any], Mapping[str, Tensor]],
                  postprocess: Callable[[Any, Any], list[Any]], evaluator: Metric,
                  optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
                  loss_weights: Mapping[str, float] | None = None, scheduler_interval: str = "epoch",
-                 monitor: str | None = None) -> None:
+                 monitor: str | None = None, on_nonfinite_loss: str = "stop") -> None:
         super().__init__()
+        if on_nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite_loss must be one of {NONFINITE_POLICIES}, got {on_nonfinite_loss!r}")
         self.model = model
         self.criterion = criterion
         self.postprocess = postprocess
@@ -59,6 +75,8 @@ class GroundingTask(L.LightningModule):
         self.loss_weights = dict(loss_weights or {})
         self.scheduler_interval = scheduler_interval
         self.monitor = monitor
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.nonfinite_skipped = 0  # training steps skipped for a non-finite loss (kept in checkpoints)
         # Filled by test_step; the PredictionWriter callback drains it batch by batch.
         self.pending_records: list[dict[str, Any]] = []
         self.last_test_metrics: dict[str, float] = {}
@@ -104,17 +122,44 @@ class GroundingTask(L.LightningModule):
     def forward(self, batch: Any) -> Any:
         return self.model(batch)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         outputs = self.model(batch)
         terms = self.criterion(outputs, batch)
         loss = self.weighted_loss(terms)
-        if not torch.isfinite(loss):
-            # Fail loudly with the samples involved instead of silently corrupting the weights.
-            ids = getattr(batch, "sample_ids", None)
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step} "
-                                     f"(terms: { {k: float(v) for k, v in terms.items()} }, samples: {ids})")
+        if self._any_rank_nonfinite(loss):
+            return self._on_nonfinite(loss, terms, batch, batch_idx)
         self._log_terms("train", terms, loss, len(batch))
+        if self.nonfinite_skipped:
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False)
         return loss
+
+    def _any_rank_nonfinite(self, loss: Tensor) -> bool:
+        bad = not bool(torch.isfinite(loss.detach()))
+        # Ranks must agree: a rank that skips its backward pass while the others run theirs would leave
+        # them waiting for its gradients forever.
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return bad
+
+    def _on_nonfinite(self, loss: Tensor, terms: Mapping[str, Tensor], batch: Any, batch_idx: int) -> None:
+        """Stop with a message naming step, terms and samples, or skip the step (``on_nonfinite_loss``)."""
+        bad = nonfinite_terms(terms)
+        if bad:
+            cause = f"non-finite loss term(s) {', '.join(bad)}"
+        elif not math.isfinite(float(loss.detach())):
+            cause = "the weighted sum of finite terms overflowed"
+        else:
+            cause = "the loss of another data-parallel rank is not finite"
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        message = (f"training loss is not finite at global step {self.global_step} (epoch {self.current_epoch}, "
+                   f"batch {batch_idx}): {cause}; terms: {values}; samples: {getattr(batch, 'sample_ids', None)}")
+        if self.on_nonfinite_loss == "stop":
+            # Raised before backward and the optimizer step: the weights (and any checkpoint) stay as they were.
+            raise FloatingPointError(message + ". Set task.on_nonfinite_loss=skip to skip such steps instead.")
+        self.nonfinite_skipped += 1
+        log.warning("%s; step skipped (%d so far)", message, self.nonfinite_skipped)
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False)
+        return None  # Lightning then runs no backward and no optimizer update for this batch
 
     def _eval_step(self, batch: Any, metric: Metric, stage: str, keep_records: bool) -> list[Any]:
         outputs = self.model(batch)
@@ -162,6 +207,7 @@ class GroundingTask(L.LightningModule):
         return [f"{name}." for name, m in self.named_modules() if name and getattr(m, "checkpoint_exempt", False)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
         prefixes = tuple(self._exempt_prefixes())
         if prefixes:
             state = checkpoint["state_dict"]
@@ -170,6 +216,7 @@ class GroundingTask(L.LightningModule):
             checkpoint["exempt_prefixes"] = list(prefixes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
         # Put the exempt weights back from this freshly built module, so the strict load that follows
         # still reports every other missing or unexpected key.
         prefixes = tuple(checkpoint.get("exempt_prefixes", ()))
