@@ -17,9 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
         load_sam_weights,
         read_sam_state_dict,
     )
+    from grounding.backbone.compression import BackboneCompression, BlockTrace
+    from grounding.backbone.flops import encoder_flops
     from grounding.backbone.sam_vit import SAM_VIT_PRESETS, TextAwareViT, TextHook
 
 _EXPORTS = {
+    "BackboneCompression": "grounding.backbone.compression",
+    "BlockTrace": "grounding.backbone.compression",
+    "encoder_flops": "grounding.backbone.flops",
     "SAM_VIT_PRESETS": "grounding.backbone.sam_vit",
     "TextAwareViT": "grounding.backbone.sam_vit",
     "TextHook": "grounding.backbone.sam_vit",
@@ -30,6 +35,9 @@ _EXPORTS = {
     "read_sam_state_dict": "grounding.backbone.checkpoint",
 }
 __all__ = [
+    "BackboneCompression",
+    "BlockTrace",
+    "encoder_flops",
     "SAM_PREFIXES",
     "SAM_VIT_PRESETS",
     "SamCheckpointError",

@@ -31,10 +31,11 @@ Attention layout (``_attention``):
   stream is bit-for-bit SAM's whatever the text slots hold; the gate gets a gradient from step 0 (the text
   branch output is non-zero) and can open in either direction, after which the injection layers train.
 
-Compression schedule (token-compression spec §4.3; not built here): a block is ``_attention`` followed by the
-MLP in ``_block``; those are the hook points (block input, after attention, block output) that a per-block
-compressor schedule will wrap, acting on image tokens only (text slots are ``protect``ed), restoring the dense
-(h, w) grid before ``self.neck`` in :meth:`forward`.
+Compression schedule (token-compression spec §4.3, §4.6): ``compress`` (a
+:class:`~grounding.backbone.compression.BackboneCompression`, from ``configs/compress/``) compresses the image tokens
+at the input of its scheduled blocks; later blocks run on the TokenSet (gathered rel-pos, per-window packing,
+proportional attention: :mod:`grounding.backbone.token_attention`) and the dense (h, w) grid is restored before
+``self.neck``. Text slots are ``protect``ed. None (``compress=none``) runs the loop below unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_p
 from torch import Tensor, nn
 
 from grounding.backbone.checkpoint import SamLoadReport, load_sam_weights
+from grounding.backbone.compression import BackboneCompression, as_backbone_compression, forward_compressed
 
 __all__ = ["SAM_VIT_PRESETS", "TextAwareViT", "TextHook"]
 
@@ -103,13 +105,15 @@ class TextAwareViT(ImageEncoderViT):
             3x3 convolutions (GroupNorm, GELU) and a 1x1 projection ("early convolutions", Xiao et al. 2021):
             a ViT trained from scratch on little data learns edges and colour regions much sooner. Not SAM's
             (off for official weights: ``patch_embed.*`` is then a new module and SAM's is not loaded).
+        compress: a :class:`~grounding.backbone.compression.BackboneCompression` schedule, or None /
+            ``grounding.compress.Identity`` (``compress=none``): no compression, SAM's computation.
     """
 
     def __init__(self, img_size: int = 1024, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, out_chans: int = 256,
                  window_size: int = 14, global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
                  global_all_blocks: bool = True, use_text_pad_mask: bool = True, text_gate: bool = True,
-                 conv_stem: bool = False) -> None:
+                 conv_stem: bool = False, compress: Any = None) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, out_chans=out_chans,
                          qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU,
@@ -131,6 +135,18 @@ class TextAwareViT(ImageEncoderViT):
         self.conv_stem = conv_stem
         if conv_stem:
             self.patch_embed.proj = conv_patch_stem(in_chans, embed_dim, patch_size)
+        self.img_size = img_size
+        self.compression: BackboneCompression | None = None
+        self.set_compression(compress)
+
+    def set_compression(self, compress: Any) -> None:
+        """Install (or with None / ``Identity`` remove) a compression schedule; binds it to this encoder."""
+        comp = as_backbone_compression(compress)
+        if comp is not None:
+            window = 0 if self.global_all_blocks else max((blk.window_size for blk in self.blocks), default=0)
+            grid = (self.img_size // self.patch_size,) * 2
+            comp.bind(self.embed_dim, len(self.blocks), window, grid)
+        self.compression = comp
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TextAwareViT:
@@ -142,7 +158,8 @@ class TextAwareViT(ImageEncoderViT):
     @property
     def new_parameter_prefixes(self) -> tuple[str, ...]:
         """State-dict keys this wrapper adds to SAM's encoder (absent from official checkpoints)."""
-        return (("text_gate",) if self.use_text_gate else ()) + (("patch_embed.",) if self.conv_stem else ())
+        return ((("text_gate",) if self.use_text_gate else ()) + (("patch_embed.",) if self.conv_stem else ())
+                + (("compression.",) if self.compression is not None else ()))
 
     def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
         """Load the ``image_encoder.*`` part of a full SAM checkpoint (path or state dict) by its own key names.
@@ -189,17 +206,24 @@ class TextAwareViT(ImageEncoderViT):
         x = self.patch_embed(images)  # (B, h, w, C)
         x = x + self.pos_embed_at((x.shape[1], x.shape[2]))
         key_valid = self._text_key_valid(text_mask)
+        if self.compression is not None:
+            return forward_compressed(self, self.compression, x, text_hook, key_valid)
         text: Tensor | None = None
         for i, blk in enumerate(self.blocks):
             if text_hook is not None:
-                text = text_hook(i, text)
-                if text.dim() != 3 or text.shape[0] != x.shape[0] or text.shape[2] != x.shape[3]:
-                    raise ValueError(f"text_hook({i}) returned shape {tuple(text.shape)}; expected "
-                                     f"({x.shape[0]}, T, {x.shape[3]})")
-                if key_valid is not None and key_valid.shape[1] != text.shape[1]:
-                    raise ValueError(f"text_mask has {key_valid.shape[1]} slots, text_hook({i}) gave {text.shape[1]}")
+                text = self._checked_text(i, text_hook(i, text), x, key_valid)
             x, text = self._block(i, blk, x, text, key_valid)
         return x  # the text slots are dropped after the last block
+
+    @staticmethod
+    def _checked_text(i: int, text: Tensor, x: Tensor, key_valid: Tensor | None) -> Tensor:
+        """``text_hook(i)``'s (B, T, C) slots, checked against the image tokens x (B, ..., C) and the mask."""
+        if text.dim() != 3 or text.shape[0] != x.shape[0] or text.shape[2] != x.shape[-1]:
+            raise ValueError(f"text_hook({i}) returned shape {tuple(text.shape)}; expected "
+                             f"({x.shape[0]}, T, {x.shape[-1]})")
+        if key_valid is not None and key_valid.shape[1] != text.shape[1]:
+            raise ValueError(f"text_mask has {key_valid.shape[1]} slots, text_hook({i}) gave {text.shape[1]}")
+        return text
 
     def _text_key_valid(self, text_mask: Tensor | None) -> Tensor | None:
         if text_mask is None or not self.use_text_pad_mask:
