@@ -146,18 +146,31 @@ def nest_metrics(flat: dict[str, float]) -> dict[str, Any]:
 
 
 def format_metrics(result: dict[str, Any]) -> str:
-    """A table for the terminal: one row per group, one column per metric, then each metric's definition."""
+    """A table for the terminal: one row per group, one column per metric, then each metric's definition.
+
+    Groups that share none of the first group's metrics (e.g. the 3D-GRES ``zero_target`` / ``targeted``
+    summaries) are printed below the table as ``group: name value`` lines instead of rows of NaN.
+    """
     metrics = result["metrics"]
     groups = {g: v for g, v in metrics.items() if isinstance(v, dict)}
     if not groups:
         return ""
     names = list(next(iter(groups.values())).keys())
     names = [n for n in names if n != "count"] + (["count"] if "count" in names else [])
+    table_names = set(names) - {"count"}
+    rows = {g: v for g, v in groups.items() if table_names & set(v) or not table_names}
+    extras = {g: v for g, v in groups.items() if g not in rows}
     lines = [f"{'group':<12}" + "".join(f"{n:>11}" for n in names)]
-    for group, values in groups.items():
-        cells = "".join(f"{values[n]:>11.0f}" if n == "count" else f"{values.get(n, float('nan')):>11.2f}"
-                        for n in names)
+    for group, values in rows.items():
+        cells = "".join(f"{values.get(n, float('nan')):>11.0f}" if n == "count"
+                        else f"{values.get(n, float('nan')):>11.2f}" for n in names)
         lines.append(f"{group:<12}" + cells)
+    if extras:
+        lines.append("")
+        for group, values in extras.items():
+            lines.append(f"{group}: " + ", ".join(f"{n} {v:.2f}" if n != "count" else f"{n} {v:.0f}"
+                                                  for n, v in values.items()))
+    extra_names = [n for v in extras.values() for n in v if n not in names]
     defs = {k.lower(): v for k, v in result.get("definitions", {}).items()}
-    lines += ["", "definitions:"] + [f"  {n}: {defs[n]}" for n in names if n in defs]
+    lines += ["", "definitions:"] + [f"  {n}: {defs[n]}" for n in dict.fromkeys(names + extra_names) if n in defs]
     return "\n".join(lines)
