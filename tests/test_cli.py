@@ -15,11 +15,12 @@ def test_help_lists_working_subcommands() -> None:
     out = subprocess.run([GROUNDING, "--help"], capture_output=True, text=True, check=True).stdout
     assert "train" in out and "eval" in out
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"train", "eval", "prepare", "render", "bench", "demo"}
+    assert set(sub.choices) == {"train", "eval", "prepare", "predict", "export", "render", "bench",
+                                 "demo"}
 
 
 def test_unknown_subcommand_fails() -> None:
-    proc = subprocess.run([GROUNDING, "export"], capture_output=True, text=True)
+    proc = subprocess.run([GROUNDING, "frobnicate"], capture_output=True, text=True)
     assert proc.returncode != 0 and "invalid choice" in proc.stderr
 
 

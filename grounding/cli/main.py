@@ -31,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_hydra_job(sub, "train", "Train a model.")
     _add_hydra_job(sub, "eval", "Evaluate a checkpoint; writes metrics.json and predictions.jsonl.")
-    from grounding.cli import bench, demo, prepare, render  # light modules: heavy imports happen inside run()
+    from grounding.cli import bench, demo, predict, prepare, render  # light modules: heavy imports inside run()
 
     prepare.add_parser(sub)
+    predict.add_parser(sub)
+    predict.add_export_parser(sub)
     render.add_parser(sub)
     bench.add_parser(sub)
     demo.add_parser(sub)
@@ -86,6 +88,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from grounding.cli import prepare
 
         return prepare.run(args)
+    if args.command in ("predict", "export"):
+        from grounding.cli import predict
+
+        return predict.run(args) if args.command == "predict" else predict.run_export(args)
     if args.command == "render":
         from grounding.cli import render
 
