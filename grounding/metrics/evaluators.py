@@ -77,6 +77,7 @@ class ReferringMaskMetric(Metric):
 
     full_state_update = False
     higher_is_better = True
+    report_oiou = True  # subclasses whose benchmark has no cumulative IoU turn it off
 
     def __init__(self, thresholds: Sequence[float] = (0.25, 0.5), strict: bool = True,
                  groups: Sequence[str] = (), both_empty_iou: float | None = None,
@@ -146,7 +147,8 @@ class ReferringMaskMetric(Metric):
             if name != "overall" and int(self.count[g]) == 0:
                 continue  # a group that never occurred is not reported as 0
             out[f"{name}/mIoU"] = self.scale * self.iou_sum[g] / count[g]
-            out[f"{name}/oIoU"] = self.scale * self.inter_sum[g].double() / self.union_sum[g].clamp_min(1)
+            if self.report_oiou:
+                out[f"{name}/oIoU"] = self.scale * self.inter_sum[g].double() / self.union_sum[g].clamp_min(1)
             for t, x in enumerate(self.thresholds):
                 out[f"{name}/{self.acc_name}@{x:g}"] = self.scale * self.hits[g, t].double() / count[g]
             out[f"{name}/count"] = self.count[g].double()

@@ -93,6 +93,8 @@ class GeneralizedReferringMaskMetric(ReferringMaskMetric):
     ``last_ious`` holds the ``(S,)`` IoU_d of the latest batch (what the engine stores per sample).
     """
 
+    report_oiou = False
+
     def __init__(self, thresholds: Sequence[float] = (0.25, 0.5), strict: bool = True,
                  groups: Sequence[str] = GRES_GROUPS, scale: float = 100.0, iou_eps: float = IOU_EPS) -> None:
         super().__init__(thresholds=thresholds, strict=strict, groups=groups, both_empty_iou=None, acc_name="Acc",
@@ -140,15 +142,7 @@ class GeneralizedReferringMaskMetric(ReferringMaskMetric):
         self.last_ious = iou
 
     def compute(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        count = self.count.clamp_min(1)
-        for g, name in enumerate(self.group_names):
-            if name != "overall" and int(self.count[g]) == 0:
-                continue  # a group that never occurred is not reported as 0
-            out[f"{name}/mIoU"] = self.scale * self.iou_sum[g] / count[g]
-            for t, x in enumerate(self.thresholds):
-                out[f"{name}/{self.acc_name}@{x:g}"] = self.scale * self.hits[g, t].double() / count[g]
-            out[f"{name}/count"] = self.count[g].double()
+        out = super().compute()  # mIoU, Acc@X and count per group (no oIoU: MDIN does not report it)
         # Extras over all descriptions (column 0); a rate over no description is reported as 0 with count 0.
         out[f"{ZERO_TARGET}/empty_acc"] = self.scale * self.zt_pred_empty[0].double() / self.zt_count[0].clamp_min(1)
         out[f"{ZERO_TARGET}/count"] = self.zt_count[0].double()

@@ -9,7 +9,6 @@ softmax-sum score) keeps 128 seeds per description -> query MLP -> decoder (6 la
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from datasets.batch3d import ReferBatch3D
 from grounding.compress import CompressContext, TextGuidedTopK
 from grounding.text import DependencyParser, Parse, TextEncoder
 from grounding.tokens import TokenSet, batched_gather
-from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
+from pointcloud.checkpoint import LoadReport
 from pointcloud.mdin.decoder import MDINDecoderLayer, MDINHeads, attention_mask_from_logits
 from pointcloud.mdin.fps import batched_fps
 from pointcloud.mdin.phrases import NO_OBJECT_SUFFIX, SETS, phrase_sets
+from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.tlm import mlp
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
@@ -34,7 +34,6 @@ from pointcloud.superpoint_pool import (
     voxel_to_point,
 )
 
-log = logging.getLogger(__name__)
 TASK_TYPES = ("gres", "res")
 
 
@@ -135,22 +134,11 @@ class MDIN(nn.Module):
     # ------------------------------------------------------------------ setup helpers
     def load_pretrained(self, strict: bool = True) -> LoadReport | None:
         """Load the U-Net part of ``backbone_checkpoint`` (never called by ``__init__``); see RG-SAN's."""
-        if self.backbone_checkpoint is None:
-            return None
-        report = load_state_dict_report(self.backbone, self.backbone_checkpoint, prefix_map=SPARSE_UNET_PREFIXES,
-                                        strict=strict)
-        log.info("MDIN backbone: %s", report.summary())
-        return report
+        return load_unet_checkpoint(self.backbone, self.backbone_checkpoint, strict, "MDIN")
 
     def param_groups(self) -> list[dict]:
         """Optimizer groups with the lr scales of spec §8: backbone x0.01, text encoder x0.001, the rest x1."""
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "decoder": []}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                top = name.split(".", 1)[0]
-                groups[top if top in ("backbone", "text_encoder") else "decoder"].append(p)
-        scale = {"backbone": self.backbone_lr_mult, "text_encoder": self.text_lr_mult, "decoder": 1.0}
-        return [{"params": ps, "lr_scale": scale[k], "name": k} for k, ps in groups.items() if ps]
+        return scaled_param_groups(self, self.backbone_lr_mult, self.text_lr_mult)
 
     def parse(self, texts: Sequence[str]) -> list[Parse]:
         """Dependency parses through an LRU cache keyed by the text (spec D22: the text itself is the key)."""

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from datasets.batch3d import ReferBatch3D
 from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
-from pointcloud.checkpoint import SPARSE_UNET_PREFIXES, LoadReport, load_state_dict_report
+from pointcloud.checkpoint import LoadReport
+from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.affinity import AffinityHead, group_superpoints, pair_geometry
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
 from pointcloud.rgsan.objects import ObjectContext, instance_groups
@@ -166,12 +167,7 @@ class RGSAN(nn.Module):
         any missing, unexpected or mis-shaped U-Net key raises before anything is loaded. Returns the report
         (None without a checkpoint) and logs its summary.
         """
-        if self.backbone_checkpoint is None:
-            return None
-        report = load_state_dict_report(self.backbone, self.backbone_checkpoint, prefix_map=SPARSE_UNET_PREFIXES,
-                                        strict=strict)
-        log.info("RG-SAN backbone: %s", report.summary())
-        return report
+        return load_unet_checkpoint(self.backbone, self.backbone_checkpoint, strict, "RG-SAN")
 
     def param_groups(self) -> list[dict]:
         """Optimizer parameter groups with the per-module learning-rate scales of spec §8.
@@ -181,13 +177,7 @@ class RGSAN(nn.Module):
         text encoder ×``text_lr_mult`` (0.001; absent when frozen), everything else ×1. Only parameters with
         ``requires_grad``; empty groups are omitted.
         """
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "decoder": []}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                top = name.split(".", 1)[0]
-                groups[top if top in ("backbone", "text_encoder") else "decoder"].append(p)
-        scale = {"backbone": self.backbone_lr_mult, "text_encoder": self.text_lr_mult, "decoder": 1.0}
-        return [{"params": ps, "lr_scale": scale[k], "name": k} for k, ps in groups.items() if ps]
+        return scaled_param_groups(self, self.backbone_lr_mult, self.text_lr_mult)
 
     @property
     def rule_counts(self) -> dict[str, int]:
