@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from run_helpers import save_run
 
 from grounding.engine.config import load_config
-from grounding.engine.task import GroundingTask
 
 TINY = {
     "rgsan": ["experiment=rgsan_synthetic", "model.net.d_model=32", "model.net.num_heads=2", "model.net.ffn_dim=64",
@@ -42,14 +42,7 @@ def make_run(kind: str, run_dir: Path, seed: int = 0) -> Run:
     torch.manual_seed(seed)
     model = instantiate(cfg.model.net)
     postprocess = instantiate(cfg.model.postprocess)
-    task = GroundingTask(model, instantiate(cfg.model.criterion), postprocess, instantiate(cfg.model.evaluator),
-                         optimizer=torch.optim.AdamW)
-    checkpoint = {"state_dict": task.state_dict(), "epoch": 0, "global_step": 0}
-    task.on_save_checkpoint(checkpoint)  # drops the frozen text encoder, as Lightning's save would
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    torch.save(checkpoint, ckpt)
+    ckpt = save_run(cfg, model, postprocess, run_dir)
     return Run(cfg, model.eval(), postprocess, run_dir, ckpt)
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
+from run_helpers import save_run
 
 from datasets.synthetic.images import generate_synthetic2d
 from grounding.cli.main import main
 from grounding.engine.config import load_config
-from grounding.engine.task import GroundingTask
 from grounding.export import export_checkpoint
 from grounding.predict import Box2D, Mask2D, Predictor2D
 
@@ -66,14 +66,7 @@ def _make_run(kind: str, photos: Path, run_dir: Path) -> Run2D:
             if not name.startswith("text_encoder."):
                 p.add_(0.05 * torch.randn_like(p))
     postprocess = instantiate(cfg.model.postprocess)
-    task = GroundingTask(model, instantiate(cfg.model.criterion), postprocess, instantiate(cfg.model.evaluator),
-                         optimizer=torch.optim.AdamW)
-    checkpoint = {"state_dict": task.state_dict(), "epoch": 0, "global_step": 0}
-    task.on_save_checkpoint(checkpoint)  # drops the frozen text encoder, as Lightning's save would
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    torch.save(checkpoint, ckpt)
+    ckpt = save_run(cfg, model, postprocess, run_dir)
     return Run2D(cfg, model.eval(), postprocess, ckpt, export_checkpoint(ckpt, run_dir / "export"))
 
 
