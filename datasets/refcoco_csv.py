@@ -47,7 +47,9 @@ def load_refcoco_csv(path: str | Path) -> list[RefBox]:
     ``bbox`` is written as a JSON list (``"[3.24, 159.31, 156.4, 312.81]"``).
 
     Raises:
-        DataFormatError: naming the file, the row (line and uid) and the column.
+        DataFormatError: naming the file, the row (line and uid) and the column: a non-ASCII-digit id, an
+            empty sentence, a malformed or non-finite box; or the file for non-UTF-8 bytes or a CSV error.
+            A file cut at a line end reads as a shorter file (the counts of ``refcoco_check`` catch that).
     """
     path = Path(path)
     parts = path.stem.rsplit("_", 2)
@@ -56,6 +58,15 @@ def load_refcoco_csv(path: str | Path) -> list[RefBox]:
     dataset, split_by, split = parts
     if not path.is_file():
         raise DataFormatError(path, "CSV file is missing")
+    try:
+        return _read_rows(path, dataset, split_by, split)
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, f"not UTF-8 text ({e})") from e
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit (an enormous sentence)
+        raise DataFormatError(path, f"malformed CSV ({e})") from e
+
+
+def _read_rows(path: Path, dataset: str, split_by: str, split: str) -> list[RefBox]:
     out: list[RefBox] = []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
@@ -68,7 +79,8 @@ def load_refcoco_csv(path: str | Path) -> list[RefBox]:
             ids = {}
             for col in ("ref_id", "img_id", "sent_id"):
                 value = row[col]
-                if value is None or not value.isdigit():
+                # isascii: str.isdigit also accepts '²' and other digits that int() rejects or reads oddly
+                if value is None or not (value.isascii() and value.isdigit()):
                     raise DataFormatError(path, f"expected a non-negative integer, got {value!r}", record=where,
                                           field=col)
                 ids[col] = int(value)
@@ -79,6 +91,8 @@ def load_refcoco_csv(path: str | Path) -> list[RefBox]:
             sent = row["sent"]
             if sent is None:
                 raise DataFormatError(path, "row has too few columns", record=where, field="sent")
+            if not sent.strip():  # an empty expression would be scored as if the model had been asked something
+                raise DataFormatError(path, "empty sentence", record=where, field="sent")
             out.append(RefBox(dataset, split_by, split, row["uid"], ids["ref_id"], ids["img_id"], ids["sent_id"],
                               sent, _box(path, box_value, where, "bbox")))
     return out

@@ -35,7 +35,8 @@ def read_rgb(path: str | Path) -> torch.Tensor:
             arr = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DataFormatError(path, "image file not found") from None
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
+        # DecompressionBombError is not an OSError: a header claiming gigapixels must still name the file.
         raise DataFormatError(path, f"not a readable image ({err})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 

@@ -96,9 +96,15 @@ def check_name(path: Path, value: Any, where: str, field: str) -> str:
 
 
 def check_tokens(path: Path, value: Any, where: str, field: str = "token") -> tuple[str, ...]:
-    """The pre-tokenized description: a list of strings."""
+    """The pre-tokenized description: a non-empty list of strings.
+
+    Empty is refused because RG-SAN / 3D-STMN read ``token``, not the description: an empty list would
+    hand the model an empty text while the record still looks fine.
+    """
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise DataFormatError(path, "expected a list of strings", record=where, field=field)
+    if not value:
+        raise DataFormatError(path, "empty token list (the model would see no text)", record=where, field=field)
     return tuple(value)
 
 
@@ -132,7 +138,7 @@ def load_scanrefer(path: str | Path, label_map: str | Path | Mapping[str, LabelR
     Raises:
         DataFormatError: naming the file, the record (index and composite key) and the field, for
             malformed JSON, a missing field, a non-integer id, an empty or word-less description, a
-            malformed ``token`` list or a duplicate (scene_id, object_id, ann_id). ``token`` is optional
+            malformed or empty ``token`` list or a duplicate (scene_id, object_id, ann_id). ``token`` is optional
             (files written from other sources may lack it); every other field is required.
     """
     path = Path(path)

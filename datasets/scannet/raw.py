@@ -163,8 +163,18 @@ def read_segs(path: str | Path, num_vertices: int | None = None) -> np.ndarray:
     return seg
 
 
+def _json_int(path: Path, value: object, record: str, field: str) -> int:
+    """A JSON integer (not a bool, float or string), else a named error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataFormatError(path, f"must be an integer, got {value!r}", record=record, field=field)
+    return value
+
+
 def read_aggregation(path: str | Path) -> list[SegGroup]:
-    """Read the ``segGroups`` of ``<scan>.aggregation.json``; checks ``id == objectId`` (spec §1.5)."""
+    """Read the ``segGroups`` of ``<scan>.aggregation.json``; checks ``id == objectId`` (spec §1.5).
+
+    ``id`` / ``objectId`` / each segment must be JSON integers and ``label`` a string; nothing is coerced.
+    """
     path = Path(path)
     data = _read_json(path)
     if not isinstance(data.get("segGroups"), list):
@@ -177,16 +187,20 @@ def read_aggregation(path: str | Path) -> list[SegGroup]:
         for key in ("id", "label", "segments"):
             if key not in g:
                 raise DataFormatError(path, "key missing", record=record, field=key)
-        try:
-            gid = int(g["id"])
-            oid = int(g.get("objectId", gid))
-            segments = [int(s) for s in g["segments"]]
-        except (TypeError, ValueError) as e:
-            raise DataFormatError(path, f"must hold integers ({e})", record=record, field="id/objectId/segments") from e
+        # Types are checked, not coerced: int() would turn 1.7 into 1, True into 1 and the string
+        # "123" (iterated) into segments [1, 2, 3] -- a wrong mask with no error.
+        gid = _json_int(path, g["id"], record, "id")
+        oid = _json_int(path, g.get("objectId", gid), record, "objectId")
+        if not isinstance(g["segments"], list):
+            raise DataFormatError(path, f"must be a list of integers, got {type(g['segments']).__name__}",
+                                  record=record, field="segments")
+        segments = [_json_int(path, s, record, f"segments[{j}]") for j, s in enumerate(g["segments"])]
+        if not isinstance(g["label"], str):
+            raise DataFormatError(path, f"must be a string, got {g['label']!r}", record=record, field="label")
         if gid != oid:
             # ScanRefer object ids are objectId; the original pipeline writes id. They must agree.
             raise DataFormatError(path, f"id {gid} != objectId {oid}", record=record, field="objectId")
-        groups.append(SegGroup(id=gid, object_id=oid, label=str(g["label"]), segments=segments))
+        groups.append(SegGroup(id=gid, object_id=oid, label=g["label"], segments=segments))
     return groups
 
 

@@ -70,15 +70,24 @@ class PreparedScene:
 
     @classmethod
     def load(cls, folder: str | Path, require_superpoints: bool = True) -> PreparedScene:
-        """Load a prepared scene folder, checking every array's dtype and length against ``coord``."""
+        """Load a prepared scene folder, checking every array's dtype and length against ``coord``.
+
+        Raises:
+            DataFormatError: naming the file (and the first bad point) for a missing, truncated or
+                non-object ``meta.json``; a missing or unreadable (e.g. truncated) ``.npy``; a wrong dtype,
+                ndim or width (coord / color must be (N, 3)); a row count other than coord's; a scene
+                with no points; a NaN / infinite coordinate; a superpoint id < 0 or an instance id < -1.
+        """
         folder = Path(folder)
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
             raise DataFormatError(folder, "not a prepared scene (meta.json missing: preparation did not finish)")
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataFormatError(meta_path, f"not valid JSON ({e})") from e
+        if not isinstance(meta, dict):
+            raise DataFormatError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
         arrays: dict[str, np.ndarray | None] = {}
         for name, (dtype, ndim) in ARRAYS.items():
             path = folder / f"{name}.npy"
@@ -95,9 +104,34 @@ class PreparedScene:
                 raise DataFormatError(path, f"not a readable .npy file ({e})") from e
             if arr.ndim != ndim or arr.dtype != dtype:
                 raise DataFormatError(path, f"expected {ndim}-d {np.dtype(dtype).name}, got {arr.ndim}-d {arr.dtype}")
+            if ndim == 2 and arr.shape[1] != 3:  # xyz / rgb: any other width is a different array
+                raise DataFormatError(path, f"expected shape (N, 3), got {arr.shape}")
             arrays[name] = arr
         n = len(arrays["coord"])
+        if n == 0:  # nothing downstream (voxelisation, superpoint pooling) is defined on an empty scene
+            raise DataFormatError(folder / "coord.npy", "the scene has no points")
         for name, arr in arrays.items():
             if arr is not None and len(arr) != n:
                 raise DataFormatError(folder / f"{name}.npy", f"{len(arr)} rows, but coord.npy has {n}")
+        _check_values(folder, arrays)
         return cls(scene_id=meta.get("scene_id", folder.name), meta=meta, **arrays)
+
+
+def _check_values(folder: Path, arrays: dict[str, np.ndarray | None]) -> None:
+    """Reject values that load fine but would make a silently wrong sample or a crash deep in numpy.
+
+    A NaN/inf coordinate poisons voxelisation and every superpoint centre; a negative superpoint id
+    breaks ``np.bincount``; an instance id below -1 would be read as an object no record can name.
+    """
+    coord = arrays["coord"]
+    finite = np.isfinite(coord).all(1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise DataFormatError(folder / "coord.npy", f"non-finite coordinate {coord[bad].tolist()} "
+                              f"({int((~finite).sum())} points)", record=f"point {bad}", field="coord")
+    for name, low in (("superpoint", 0), ("instance", -1)):
+        arr = arrays[name]
+        if arr is not None and arr.min() < low:
+            bad = int(np.flatnonzero(arr < low)[0])
+            raise DataFormatError(folder / f"{name}.npy", f"id {int(arr[bad])} is below {low}",
+                                  record=f"point {bad}", field=name)
