@@ -109,6 +109,8 @@ class ReferringMaskMetric(Metric):
         groups = batch.eval_groups()
         if len(pred_masks) != len(gt_masks):
             raise ValueError(f"{len(pred_masks)} predictions for {len(gt_masks)} ground-truth masks")
+        if groups is not None and len(groups) != len(pred_masks):  # a short list would leave samples out of groups
+            raise ValueError(f"{len(groups)} group names for {len(pred_masks)} predictions")
         device = self.iou_sum.device
         if not pred_masks:
             self.last_ious = torch.zeros(0, dtype=torch.float64, device=device)

@@ -62,3 +62,11 @@ def test_prediction_count_mismatch_is_an_error(n_pred: int, n_gt: int) -> None:
     else:
         with pytest.raises(ValueError, match="predictions for"):
             metric.update_masks(preds, gts)
+
+
+def test_group_list_of_the_wrong_length_is_refused() -> None:
+    """A groups list shorter than the batch would silently leave samples out of their group's counts."""
+    metric = ReferringMaskMetric(groups=("unique", "multiple"))
+    masks = [torch.tensor([True, False]), torch.tensor([False, True])]
+    with pytest.raises(ValueError, match="2 predictions"):
+        metric.update_masks(masks, masks, groups=["unique"])
