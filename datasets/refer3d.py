@@ -163,8 +163,8 @@ class Refer3DDataset(Dataset):
         cache_size: prepared scenes kept in memory per process (least recently used evicted).
 
     Raises:
-        DataFormatError: a record's scene folder is missing (at construction), or an object id of a
-            record is not an instance of its scene (when the item is loaded).
+        DataFormatError: there are no records, a record's scene folder is missing (at construction), or an
+            object id of a record is not an instance of its scene (when the item is loaded).
     """
 
     def __init__(self, scenes_dir: str | Path, records: Sequence[ReferRecord], transform: SceneTransform,
@@ -178,6 +178,9 @@ class Refer3DDataset(Dataset):
         self.require_superpoints = require_superpoints
         self.cache_size = max(int(cache_size), 1)
         self.items = chunk_records(records, max_descriptions)
+        if not self.items:  # an empty split would evaluate to "count 0" without a word
+            raise DataFormatError(self.scenes_dir, "no descriptions to load (empty annotation file, or every record "
+                                  "filtered out by scene_ids / limit)", field="records")
         for scene_id, recs in self.items:
             if not (self.scenes_dir / scene_id).is_dir():
                 raise DataFormatError(self.scenes_dir / scene_id, "prepared scene folder is missing (run "

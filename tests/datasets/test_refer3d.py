@@ -251,3 +251,9 @@ def test_scenes_without_superpoints(scenes_dir: Path) -> None:
     with_sp = Refer3DDataset(scenes_dir, [B1], ValTransform(), max_descriptions=4)[0]
     with pytest.raises(ValueError, match="mixes"):
         ReferBatch3D.collate([item, with_sp])
+
+
+def test_an_empty_split_is_refused(tmp_path: Path) -> None:
+    """Zero records would evaluate to "count 0" without an error; the dataset says so instead."""
+    with pytest.raises(DataFormatError, match="no descriptions"):
+        Refer3DDataset(tmp_path, [], ValTransform(), max_descriptions=8)
