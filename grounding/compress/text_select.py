@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grounding.compress.base import Budget, CompressContext, Compressor, Plan, build_selection_plan
+from grounding.compress.groups import group_layout, group_topk, straight_through_keep
 from grounding.tokens import TokenSet
 
 __all__ = ["SCORE_FNS", "TextGuidedTopK", "text_similarity"]
@@ -194,17 +195,13 @@ class TextGuidedTopK(Compressor):
         """The top-k plan of given (B, N) scores (from :meth:`scores` or :meth:`score_terms`)."""
         budget = (ctx.budget if ctx is not None else None) or self.budget
         mode = self.resolve_mode(ctx)
-        b, n = scores.shape
         cand = tokens.valid & ~tokens.protect
-        ranked = scores.detach().masked_fill(~cand, float("-inf"))
-        # Stable descending sort: among equal scores the lower token index ranks first.
-        sorted_vals, order = torch.sort(ranked, dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
-        k = budget.keep_counts(cand.sum(dim=1))
-        keep = cand & (rank < k.unsqueeze(1))
+        # One group per sample: the shared top-k of the pruning compressors (stable: ties keep the lower index).
+        layout = group_layout(cand)
+        keep, tau = group_topk(scores.detach(), layout, budget.keep_counts(layout.count.flatten()).view(-1, 1))
         keep_weight = None
         if self.straight_through and torch.is_grad_enabled() and scores.requires_grad:
-            keep_weight = self._straight_through(scores, sorted_vals, k, keep, cand)
+            keep_weight = straight_through_keep(scores, keep, tau, cand, self.temperature)
         return build_selection_plan(
             tokens,
             keep,
@@ -214,18 +211,3 @@ class TextGuidedTopK(Compressor):
             scores=scores.masked_fill(~tokens.valid, 0.0),
             block=ctx.block if ctx is not None else 0,
         )
-
-    def _straight_through(
-        self, scores: Tensor, sorted_vals: Tensor, k: Tensor, keep: Tensor, cand: Tensor
-    ) -> Tensor:
-        """(B, N) weight equal to the hard mask forward, with sigmoid gradients for candidates."""
-        n = scores.shape[1]
-        kth = sorted_vals.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
-        # The (k+1)-th score is -inf when every candidate is kept: the sigmoid saturates, no gradient.
-        nxt = sorted_vals.gather(1, k.clamp(max=n - 1).unsqueeze(1))
-        nxt = torch.where((k < n).unsqueeze(1), nxt, torch.full_like(nxt, float("-inf")))
-        tau = (kth + nxt) / 2
-        soft = torch.sigmoid((scores - tau) / self.temperature)
-        # Non-candidates weigh 1: valid protected tokens are forced in by the plan builder, and padding
-        # never lands in a valid slot, so its weight is never used.
-        return torch.where(cand, keep.to(scores.dtype) + (soft - soft.detach()), torch.ones_like(soft))
