@@ -16,7 +16,7 @@ them rather than treat the zeros as features.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -180,3 +180,19 @@ def superpoint_geometry(feat: Tensor, superpoint: Tensor, point_scene: Tensor, n
     var = (mean[:, 7:10] - mean[:, 4:7] ** 2).clamp_min(0)
     spread = torch.stack([(var[:, 0] + var[:, 1]).sqrt(), var[:, 2].sqrt()], 1)
     return torch.cat([mean[:, :4], top.clamp_min(0)[:, None], spread], 1)
+
+
+def backbone_superpoints(backbone: torch.nn.Module, batch: Any) -> Tensor:
+    """Scene side of the 3D referring models: the sparse U-Net once per scene, its voxel features broadcast to
+    the points and mean-pooled per superpoint.
+
+    Args:
+        backbone: ``(voxel_feats, voxel_coords, spatial_shape, num_scenes) -> (V, C)``
+            (:class:`pointcloud.backbone.SparseUNet`).
+        batch: a :class:`datasets.batch3d.ReferBatch3D` with superpoints.
+
+    Returns:
+        (S_total, C) superpoint features, scenes concatenated in batch order (global superpoint ids).
+    """
+    voxel = backbone(batch.voxel_feats, batch.voxel_coords, batch.spatial_shape, batch.num_scenes)
+    return superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, int(batch.sp_offsets[-1]))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,3 +249,21 @@ def _map_label(tok: Any) -> str:
     if dep == "neg":
         return "det" if tok.pos_ == "DET" else "advmod"
     return SPACY_TO_UD.get(dep, dep)
+
+
+def lru_lookup(cache: OrderedDict, keys: Sequence[str], compute: Callable[[list[str]], list], max_size: int) -> list:
+    """Values of ``keys`` through an LRU ``cache``; the distinct misses are computed in one ``compute`` call.
+
+    The 3D models cache one parse per description text (spaCy parsing is their slowest text step): the text
+    itself is the key, so an edited description is never served a stale parse (rgsan-mdin spec D22).
+    """
+    misses = list(dict.fromkeys(k for k in keys if k not in cache))
+    if misses:
+        cache.update(zip(misses, compute(misses)))
+    out = []
+    for key in keys:
+        cache.move_to_end(key)
+        out.append(cache[key])
+    while len(cache) > max_size:
+        cache.popitem(last=False)
+    return out

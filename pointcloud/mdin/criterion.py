@@ -90,8 +90,9 @@ class MDINCriterion(nn.Module):
         self.deep_supervision = deep_supervision
 
     # ------------------------------------------------------------------ assignment
-    def assign(self, outputs: Any, batch: ReferBatch3D) -> tuple[list[Assignment], list[Assignment], Tensor]:
-        """Query-level and seed-level assignments of every description, and the padded scene labels (D, S)."""
+    def assign(self, outputs: Any, batch: ReferBatch3D) -> tuple[list[Assignment], list[Assignment], Tensor, Tensor]:
+        """Query-level and seed-level assignments of every description, the padded scene labels (D, S) and the
+        seed centres (D, K, 3) in metres."""
         dev = outputs.pred_masks.device
         labels_b, _ = pad_by_offsets(batch.sp_ins_label.to(dev), batch.sp_offsets, pad_value=NO_LABEL)
         centres_b, _ = pad_by_offsets(batch.sp_center.to(dev).float(), batch.sp_offsets)
@@ -113,7 +114,7 @@ class MDINCriterion(nn.Module):
                             dropped, batch.records[d].sample_id)
             queries.append(assign_targets(q_ctr[d], q_lab[d], outputs.query_valid[d], kept, ctr, dropped))
             seeds.append(assign_targets(s_ctr[d], s_lab[d], outputs.seed_valid[d], kept, ctr, dropped))
-        return queries, seeds, labels
+        return queries, seeds, labels, s_ctr
 
     # ------------------------------------------------------------------ terms
     def _mask_terms(self, masks: Tensor, scores: Tensor, assigns: list[Assignment], labels: Tensor,
@@ -150,14 +151,12 @@ class MDINCriterion(nn.Module):
         weight = torch.where(paired, 1.0, self.eos_coef) * valid
         return (ce * weight).sum()
 
-    def _sampler(self, outputs: Any, batch: ReferBatch3D, seeds: list[Assignment]) -> Tensor:
+    def _sampler(self, outputs: Any, batch: ReferBatch3D, seeds: list[Assignment], seed_ctr: Tensor) -> Tensor:
         """Focal loss of the seed logits against the soft targets (module docstring); mean over descriptions."""
         logits, valid = outputs.seed_logits, outputs.seed_valid
         ref = batch.sp_ref_mask.to(logits.device)
         target = 0.5 * ref.gather(1, outputs.seed_sp.clamp(max=ref.shape[1] - 1))
         dev = logits.device
-        centres_b, _ = pad_by_offsets(batch.sp_center.to(dev).float(), batch.sp_offsets)
-        seed_ctr = batched_gather(centres_b[batch.desc_scene.to(dev)], outputs.seed_sp)  # (D, K, 3)
         for d, a in enumerate(seeds):
             if a.num_pairs:
                 dist2 = ((seed_ctr[d, a.query] - a.centres[a.target].to(dev)) ** 2).sum(-1)
@@ -170,7 +169,7 @@ class MDINCriterion(nn.Module):
     def forward(self, outputs: Any, batch: ReferBatch3D) -> dict[str, Tensor]:
         if batch.sp_ins_label is None or batch.sp_ref_mask is None:
             raise ValueError("MDINCriterion needs batch.sp_ins_label and batch.sp_ref_mask (scenes with superpoints)")
-        assigns, seeds, labels = self.assign(outputs, batch)
+        assigns, seeds, labels, seed_ctr = self.assign(outputs, batch)
         dev = outputs.pred_masks.device
         n_pairs = total_pairs(sum(a.num_pairs for a in assigns), dev)
         paired = torch.zeros_like(outputs.query_valid)
@@ -194,5 +193,5 @@ class MDINCriterion(nn.Module):
             terms["loss_contrastive"] = terms["loss_contrastive"] + w * semantic_consistency_loss(
                 outputs.query_proj[p], outputs.token_proj, outputs.query_valid, outputs.word_valid, paired,
                 outputs.word_sets, self.temperature) / n_pairs
-        terms["loss_sampler"] = self._sampler(outputs, batch, seeds)
+        terms["loss_sampler"] = self._sampler(outputs, batch, seeds, seed_ctr)
         return terms

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from datasets.batch3d import ReferBatch3D
 from grounding.compress import CompressContext, TextGuidedTopK
 from grounding.text import DependencyParser, Parse, TextEncoder
+from grounding.text.parser import lru_lookup
 from grounding.tokens import TokenSet, batched_gather
 from pointcloud.checkpoint import LoadReport
 from pointcloud.mdin.decoder import MDINDecoderLayer, MDINHeads, attention_mask_from_logits
@@ -28,10 +29,9 @@ from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.tlm import mlp
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
+    backbone_superpoints,
     pad_by_offsets,
     superpoint_geometry,
-    superpoint_pool,
-    voxel_to_point,
 )
 
 TASK_TYPES = ("gres", "res")
@@ -142,16 +142,7 @@ class MDIN(nn.Module):
 
     def parse(self, texts: Sequence[str]) -> list[Parse]:
         """Dependency parses through an LRU cache keyed by the text (spec D22: the text itself is the key)."""
-        misses = list(dict.fromkeys(t for t in texts if t not in self._parses))
-        for text, parse in zip(misses, self.parser.parse_many(misses) if misses else []):
-            self._parses[text] = parse
-        out = []
-        for text in texts:
-            self._parses.move_to_end(text)
-            out.append(self._parses[text])
-        while len(self._parses) > self.parse_cache_size:
-            self._parses.popitem(last=False)
-        return out
+        return lru_lookup(self._parses, texts, self.parser.parse_many, self.parse_cache_size)
 
     # ------------------------------------------------------------------ pieces of the forward pass
     def _text(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -173,18 +164,14 @@ class MDIN(nn.Module):
             sets["no_object"][i, [n + 1, n + 2]] = True  # "not", "mentioned" after the "."
         return words, valid, {k: v.to(device) & valid for k, v in sets.items()}
 
-    def _predict(self, queries: Tensor, mask_keys: Tensor) -> dict[str, Tensor]:
-        return self.heads(queries, mask_keys)
-
     # ------------------------------------------------------------------ forward
     def forward(self, batch: ReferBatch3D) -> MDINOutputs:
         """Run the model on B scenes and D descriptions (see :class:`MDINOutputs`)."""
         if batch.superpoint is None or batch.sp_offsets is None or batch.sp_center is None:
             raise ValueError(f"MDIN needs superpoints, but the batch of scenes {batch.scene_ids} has none")
         device = batch.voxel_feats.device
-        voxel = self.backbone(batch.voxel_feats, batch.voxel_coords, batch.spatial_shape, batch.num_scenes)
-        num_sp = int(batch.sp_offsets[-1])
-        sp = superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, num_sp)
+        sp = backbone_superpoints(self.backbone, batch)
+        num_sp = sp.shape[0]
         if self.superpoint_geometry:
             sp = torch.cat([sp, superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
                                                     num_sp)], 1)
@@ -216,11 +203,11 @@ class MDIN(nn.Module):
         word_pad = ~word_valid
         mask_keys = self.heads.mask_features(inst)[scene]  # (D, S, d)
         inst_d = inst[scene]
-        preds = [self._predict(queries, mask_keys)]
+        preds = [self.heads(queries, mask_keys)]
         for layer in self.layers:
             attn = attention_mask_from_logits(preds[-1]["masks"], sp_pad, self.attn_mask_threshold)
             queries, words = layer(queries, words, word_pad, inst_d, sp_pad, attn)
-            preds.append(self._predict(queries, mask_keys))
+            preds.append(self.heads(queries, mask_keys))
         masks = torch.stack([p["masks"] for p in preds]).masked_fill(sp_pad[None, :, None, :], -1e4)
         return MDINOutputs(
             pred_masks=masks, pred_scores=torch.stack([p["scores"] for p in preds]),

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from datasets.batch3d import ReferBatch3D
 from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncoder
+from grounding.text.parser import lru_lookup
 from pointcloud.checkpoint import LoadReport
 from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.affinity import AffinityHead, group_superpoints, pair_geometry
@@ -26,10 +27,9 @@ from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
 from pointcloud.superpoint_graph import superpoint_edges
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
+    backbone_superpoints,
     pad_by_offsets,
     superpoint_geometry,
-    superpoint_pool,
-    voxel_to_point,
 )
 
 log = logging.getLogger(__name__)
@@ -186,18 +186,15 @@ class RGSAN(nn.Module):
 
     def parse(self, texts: Sequence[str]) -> list[tuple[Parse, DependencyGraph]]:
         """Parse (through the LRU cache) and build the graph of every text; misses are parsed in one spaCy pipe."""
-        misses = list(dict.fromkeys(t for t in texts if t not in self._parses))
-        for text, parse in zip(misses, self.parser.parse_many(misses) if misses else []):
-            self._parses[text] = (parse, graph_from_parse(parse.heads, parse.labels, parse.target,
-                                                          self.directed_laplacian))
-        if misses and len(self._parses) // 5000 != (len(self._parses) - len(misses)) // 5000:
+        before = len(self._parses)
+
+        def parse_new(misses: list[str]) -> list[tuple[Parse, DependencyGraph]]:
+            return [(p, graph_from_parse(p.heads, p.labels, p.target, self.directed_laplacian))
+                    for p in self.parser.parse_many(misses)]
+
+        out = lru_lookup(self._parses, texts, parse_new, self.parse_cache_size)
+        if len(self._parses) // 5000 != before // 5000:
             log.info("RG-SAN target-word rules over %d descriptions: %s", len(self._parses), self.rule_counts)
-        out = []
-        for text in texts:
-            self._parses.move_to_end(text)
-            out.append(self._parses[text])
-        while len(self._parses) > self.parse_cache_size:
-            self._parses.popitem(last=False)
         return out
 
     # ------------------------------------------------------------------ forward
@@ -207,9 +204,8 @@ class RGSAN(nn.Module):
             raise ValueError(f"RG-SAN needs superpoints, but the batch of scenes {batch.scene_ids} has none")
         device = batch.voxel_feats.device
         # Scene side: once per scene, never repeated per description.
-        voxel = self.backbone(batch.voxel_feats, batch.voxel_coords, batch.spatial_shape, batch.num_scenes)
-        num_sp = int(batch.sp_offsets[-1])
-        sp = superpoint_pool(voxel_to_point(voxel, batch.p2v), batch.superpoint, num_sp)
+        sp = backbone_superpoints(self.backbone, batch)
+        num_sp = sp.shape[0]
         sp_in = sp
         geom = None
         if self.superpoint_geometry or self.affinity_head is not None:  # once, for the decoder and the pairs

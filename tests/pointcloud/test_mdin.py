@@ -214,7 +214,7 @@ def test_single_target_batch_pairs_every_query_in_the_object(scenes: Path, encod
     model = build(encoder).eval()
     with torch.no_grad():
         out = model(batch)
-    assigns, _, labels = MDINCriterion().assign(out, batch)
+    assigns, _, labels, _ = MDINCriterion().assign(out, batch)
     a = assigns[0]
     inside = labels[0][out.query_sp[0]] == 12
     assert set(a.query.tolist()) == set(inside.nonzero().flatten().tolist()) | {int(a.nearest[0])}
