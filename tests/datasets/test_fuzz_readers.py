@@ -12,15 +12,14 @@ The 2D readers (RefCOCO, CSV exports, images) are in ``test_fuzz_readers_2d.py``
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fuzz_helpers import expect_named, workdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,25 +61,6 @@ NOT_TOKENS = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.just([]
                                 max_size=3))
 
 
-@contextmanager
-def workdir() -> Iterator[Path]:
-    """A fresh folder per hypothesis example (pytest's tmp_path is shared by all examples of a test)."""
-    with tempfile.TemporaryDirectory() as d:
-        yield Path(d)
-
-
-def expect_named(call: Callable[[], Any], path: Path, record: str | None = None, field: str | None = None
-                 ) -> DataFormatError:
-    """``call()`` must raise DataFormatError naming ``path``; ``record`` is a prefix, ``field`` exact."""
-    with pytest.raises(DataFormatError) as info:
-        call()
-    err = info.value
-    assert Path(err.path) == path, str(err)
-    if record is not None:
-        assert err.record is not None and err.record.startswith(record), str(err)
-    if field is not None:
-        assert err.field == field, str(err)
-    return err
 
 
 def write_json(path: Path, obj: Any) -> Path:

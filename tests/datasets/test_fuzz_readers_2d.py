@@ -11,17 +11,14 @@ import io
 import json
 import pickle
 import struct
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
+from fuzz_helpers import expect_named, workdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -39,25 +36,6 @@ JUNK = st.one_of(st.none(), st.booleans(), NON_FINITE, st.floats(allow_nan=False
 NOT_AN_ID = st.one_of(JUNK, st.integers(max_value=-1))
 
 
-@contextmanager
-def workdir() -> Iterator[Path]:
-    """A fresh folder per hypothesis example (pytest's tmp_path is shared by all examples of a test)."""
-    with tempfile.TemporaryDirectory() as d:
-        yield Path(d)
-
-
-def expect_named(call: Callable[[], Any], path: Path, record: str | None = None, field: str | None = None
-                 ) -> DataFormatError:
-    """``call()`` must raise DataFormatError naming ``path``; ``record`` is a prefix, ``field`` exact."""
-    with pytest.raises(DataFormatError) as info:
-        call()
-    err = info.value
-    assert Path(err.path) == path, str(err)
-    if record is not None:
-        assert err.record is not None and err.record.startswith(record), str(err)
-    if field is not None:
-        assert err.field == field, str(err)
-    return err
 
 
 # ------------------------------------------------------------------------------------ RefCOCO (refer)
