@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from torch import nn
+from vit_helpers import randomise
 
 from grounding.backbone import BackboneCompression, TextAwareViT
 from grounding.backbone.compression import BlockTrace, _with_text
@@ -15,24 +15,6 @@ from grounding.backbone.flops import block_flops, encoder_flops
 from grounding.backbone.token_attention import gathered_rel_pos_bias, rel_table, token_block
 from grounding.compress import Identity, TokenMerge
 from grounding.tokens import TokenSet
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's 2 cores are shared with timed runs: keep these tests on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def randomise(module: nn.Module, seed: int = 0) -> None:
-    """Non-zero rel-pos tables, position embedding, gates and LayerNorm affine (SAM zero-inits some of them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name or "norm" in name or "text_gate" in name:
-                p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
 
 
 def tiny(windows: bool, **kw) -> TextAwareViT:

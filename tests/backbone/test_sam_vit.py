@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 from torch import nn
+from vit_helpers import randomise
 
 from grounding.backbone import SAM_VIT_PRESETS, TextAwareViT
 
@@ -17,22 +18,6 @@ SMALL = {"img_size": 1024, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_h
          "window_size": 14, "global_attn_indexes": (1,)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's 2 cores are shared with timed runs: keep these tests on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def randomise(module: nn.Module, seed: int = 0) -> None:
-    """Non-zero rel-pos tables, position embedding, gates and LayerNorm affine (SAM zero-inits some of them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name or "norm" in name or "text_gate" in name:
-                p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
 
 
 def tiny(**kw) -> TextAwareViT:
