@@ -89,6 +89,15 @@ class RefBoxDataset(Dataset):
     def __len__(self) -> int:
         return len(self.units)
 
+    def eval_sample_ids(self) -> list[str] | None:
+        """The ``sample_id`` of every expression; None when training draws one sentence per object.
+
+        Per-image category queries (the COCO protocol) also write records; those are not listed here.
+        """
+        if self.train and self.sentences == "one_per_ref":
+            return None
+        return [self.records[i].sample_id for _, refs in self.units for ids in refs for i in ids]
+
     @property
     def train(self) -> bool:
         return bool(self.transform.train)

@@ -195,6 +195,10 @@ class Refer3DDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def eval_sample_ids(self) -> list[str]:
+        """Every description's ``sample_id``: an evaluation writes one record per description."""
+        return [r.sample_id for _, recs in self.items for r in recs]
+
     @property
     def epoch(self) -> int:
         return int(self._epoch)

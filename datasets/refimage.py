@@ -81,6 +81,11 @@ class ReferImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.units)
 
+    def eval_sample_ids(self) -> list[str] | None:
+        """The ``sample_id`` of every expression (unit ``sentence``); None for unit ``ref``, where the sentence of
+        each referred object is drawn, so only the number of records (one per object) is fixed."""
+        return [r.sample_id for r in self.records] if self.unit == "sentence" else None
+
     def _image(self, path: Path) -> torch.Tensor:
         key = str(path)
         if key in self._images:

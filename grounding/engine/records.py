@@ -3,7 +3,9 @@
 Each rank appends its records to ``predictions/rank<r>.jsonl`` as batches finish (so a crash keeps
 what was done); at the end rank 0 merges them into ``predictions.jsonl``, sorted by ``sample_id``.
 Final files are written to a temporary name and renamed, so a reader never sees half a file and an
-interrupted run never truncates the results of an earlier one.
+interrupted run never truncates the results of an earlier one. Rank 0 also checks the merged records against the
+split (:mod:`grounding.engine.coverage`): :attr:`PredictionWriter.coverage` says how many samples were evaluated,
+skipped or evaluated twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+
+from grounding.engine.coverage import check_coverage
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -54,6 +58,7 @@ class PredictionWriter(Callback):
     def __init__(self, out_dir: str | Path) -> None:
         super().__init__()
         self.out_dir = Path(out_dir)
+        self.coverage: dict[str, Any] | None = None  # rank 0, after the test loop (check_coverage's report)
 
     def _rank_file(self, rank: int) -> Path:
         return self.out_dir / "predictions" / f"rank{rank}.jsonl"
@@ -83,3 +88,7 @@ class PredictionWriter(Callback):
         merged.sort(key=lambda r: str(r.get("sample_id", "")))
         atomic_write_text(self.out_dir / "predictions.jsonl",
                           "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged))
+        loaders = trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is not None:
+            self.coverage = check_coverage(loader.dataset, merged)

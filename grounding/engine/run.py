@@ -25,6 +25,7 @@ from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from grounding.engine.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
+from grounding.engine.coverage import coverage_problem
 from grounding.engine.records import PredictionWriter, write_json
 from grounding.engine.rng import RngStateCallback
 
@@ -112,7 +113,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     task, datamodule = build(cfg)
     # Evaluate on the requested split through Lightning's test loop (which writes the records).
     datamodule.datasets["test"] = datamodule.datasets.get(split)
-    trainer = build_trainer(cfg, extra_callbacks=[PredictionWriter(run_dir)])
+    writer = PredictionWriter(run_dir)
+    trainer = build_trainer(cfg, extra_callbacks=[writer])
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (set ckpt_path=<file>)")
@@ -127,6 +129,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "seconds": round(time.time() - start, 3),
     }
+    if writer.coverage is not None:  # rank 0: every sample of the split evaluated exactly once?
+        result["samples"] = writer.coverage
+        problem = coverage_problem(writer.coverage)
+        if problem:
+            log.warning("evaluation of split %r: %s (metrics.json: samples)", split, problem)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", result)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -173,4 +180,9 @@ def format_metrics(result: dict[str, Any]) -> str:
     extra_names = [n for v in extras.values() for n in v if n not in names]
     defs = {k.lower(): v for k, v in result.get("definitions", {}).items()}
     lines += ["", "definitions:"] + [f"  {n}: {defs[n]}" for n in dict.fromkeys(names + extra_names) if n in defs]
+    samples = result.get("samples")
+    if samples:
+        lines += ["", f"samples: {samples['evaluated']} of {samples['expected']} evaluated"
+                  + (f"; NOT EVALUATED OR COUNTED TWICE: {coverage_problem(samples)}" if coverage_problem(samples)
+                     else " (each exactly once)")]
     return "\n".join(lines)

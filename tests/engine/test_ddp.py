@@ -42,6 +42,8 @@ def test_ddp_train_and_eval_match_single_process(tmp_path: Path, toy_env: dict[s
     single, ddp_res = results["single"], results["ddp"]
     assert single[0]["world_size"] == 1 and ddp_res[0]["world_size"] == 2
     assert ddp_res[0]["metrics"]["overall"]["count"] == 11  # every sample once, no padding duplicates
+    samples = ddp_res[0]["samples"]  # rank 0's check of the merged records against the split
+    assert (samples["expected"], samples["evaluated"], samples["skipped"], samples["duplicated"]) == (11, 11, 0, 0)
     assert single[0]["metrics"].keys() == ddp_res[0]["metrics"].keys()
     for group, values in single[0]["metrics"].items():
         assert values.keys() == ddp_res[0]["metrics"][group].keys()

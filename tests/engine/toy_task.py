@@ -17,9 +17,15 @@ from torch.utils.data import Dataset
 
 
 class ToyDataset(Dataset):
-    """``size`` samples of ``points`` points in ``dim`` dims, generated from ``seed``."""
+    """``size`` samples of ``points`` points in ``dim`` dims, generated from ``seed``.
 
-    def __init__(self, size: int = 24, points: int = 40, dim: int = 8, seed: int = 0) -> None:
+    ``unreadable``: indices whose item comes back as None and is left out by :meth:`collate`, the "skip broken
+    samples" pattern of many loaders, which loses samples silently (the engine's coverage check must see it).
+    """
+
+    def __init__(self, size: int = 24, points: int = 40, dim: int = 8, seed: int = 0,
+                 unreadable: tuple[int, ...] = ()) -> None:
+        self.unreadable = set(unreadable)
         g = torch.Generator().manual_seed(seed)
         self.items = []
         for i in range(size):
@@ -32,12 +38,15 @@ class ToyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        return None if i in self.unreadable else self.items[i]
+
+    def eval_sample_ids(self) -> list[str]:
+        return [it["sample_id"] for it in self.items]
 
     @staticmethod
-    def collate(items: list[dict[str, Any]]) -> ToyBatch:
-        return ToyBatch.collate(items)
+    def collate(items: list[dict[str, Any] | None]) -> ToyBatch:
+        return ToyBatch.collate([it for it in items if it is not None])
 
 
 @dataclass
