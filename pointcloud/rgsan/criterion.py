@@ -16,7 +16,9 @@ Only when the model has the auxiliary semantic head (``RGSAN(aux_semantic_classe
 
 - ``loss_semantic``: cross-entropy of the superpoint class logits against each superpoint's majority ScanNet-20
   label over its points (unlabelled points, -100, do not vote; superpoints without a labelled point are
-  ignored); computed once per batch, not per prediction.
+  ignored); computed once per batch, not per prediction. ``RGSANCriterion(semantic_balance=a)`` weights class
+  ``c`` by ``n_c^-a`` (``n_c``: its superpoints in the batch), normalised so the weights average 1 over the
+  superpoints: with ``a > 0`` small, rare objects (pictures, doors) are not drowned by walls and floors.
 
 Only with ``RGSAN(aux_instance_offsets=True)`` (not published):
 
@@ -71,6 +73,23 @@ def superpoint_majority(point_label: Tensor, superpoint: Tensor, num_sp: int, nu
     return torch.where(counts.sum(1) > 0, best, torch.full_like(best, IGNORE))
 
 
+def balanced_class_weights(labels: Tensor, num_classes: int, power: float) -> Tensor | None:
+    """(C,) weights ``n_c^-power`` from the batch's label counts, with ``sum_s w[label_s] = #labelled``.
+
+    Returns None when ``power`` is 0 (plain cross-entropy). Classes absent from the batch get weight 0.
+
+    Args:
+        labels: (S,) int64 superpoint labels, ``IGNORE`` for unlabelled ones.
+    """
+    if power == 0.0:
+        return None
+    ok = labels >= 0
+    counts = torch.bincount(labels[ok], minlength=num_classes).float()
+    weights = torch.where(counts > 0, counts.clamp_min(1.0).pow(-power), torch.zeros_like(counts))
+    total = (weights * counts).sum()
+    return weights * (counts.sum() / total) if bool(total > 0) else weights
+
+
 def superpoint_iou(logits: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
     """IoU of ``sigmoid(logits) >= 0.5`` with ``gt`` over valid superpoints: ``inter / (union + 1e-6)``.
 
@@ -97,12 +116,17 @@ class RGSANCriterion(nn.Module):
     Args:
         iou_threshold: the score loss only uses descriptions whose mask IoU is strictly above this (0.5).
         instance_ranking: also return ``loss_instance`` (not published).
+        semantic_balance: exponent ``a`` of the class weights ``n_c^-a`` of ``loss_semantic`` (0: unweighted).
     """
 
-    def __init__(self, iou_threshold: float = 0.5, instance_ranking: bool = False) -> None:
+    def __init__(self, iou_threshold: float = 0.5, instance_ranking: bool = False,
+                 semantic_balance: float = 0.0) -> None:
         super().__init__()
+        if semantic_balance < 0:
+            raise ValueError(f"RGSANCriterion.semantic_balance must be >= 0, got {semantic_balance}")
         self.iou_threshold = iou_threshold
         self.instance_ranking = instance_ranking
+        self.semantic_balance = float(semantic_balance)
 
     def forward(self, outputs: Any, batch: Any) -> dict[str, Tensor]:
         masks, scores, positions = outputs.pred_masks, outputs.pred_scores, outputs.pred_positions
@@ -138,8 +162,9 @@ class RGSANCriterion(nn.Module):
         if sem is not None:
             labels = superpoint_majority(batch.semantic.to(sem.device), batch.superpoint.to(sem.device),
                                          sem.shape[0], sem.shape[1])
-            terms["loss_semantic"] = (F.cross_entropy(sem, labels, ignore_index=IGNORE) if bool((labels >= 0).any())
-                                      else sem.sum() * 0.0)
+            weight = balanced_class_weights(labels, sem.shape[1], self.semantic_balance)
+            terms["loss_semantic"] = (F.cross_entropy(sem, labels, weight=weight, ignore_index=IGNORE)
+                                      if bool((labels >= 0).any()) else sem.sum() * 0.0)
         centres = getattr(outputs, "sp_instance_centers", None)
         if centres is not None:
             # L1 (summed over axes) to the centre of the superpoint's majority instance, mean over superpoints
