@@ -1,4 +1,4 @@
-"""Speed and memory measurements behind ``grounding bench``; results go to docs/benchmarks.md by hand."""
+"""Speed and memory measurements behind ``grounding bench``; ``bench all`` writes the table of docs/benchmarks.md."""
 
 from __future__ import annotations
 

@@ -54,28 +54,38 @@ def build_encoder(model: str, image_size: int, seed: int = 0) -> TextAwareViT:
     return vit
 
 
-def _timed(fn: Any) -> tuple[float, torch.Tensor]:
+def _timed(fn: Any, device: torch.device) -> tuple[float, torch.Tensor]:
+    if device.type == "cuda":  # CUDA runs asynchronously: time from an idle device to a finished one
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t0, out
 
 
 def bench_backbone(image_size: int = 1024, compress: str = "tome", ratio: float = 0.5, start_block: int = 2,
                    model: str = "vit_b", repeats: int = 3, mode: str = "gather", scope: str = "auto",
-                   data_root: str | Path = "data/synthetic2d") -> dict[str, Any]:
-    """Interleaved timing and FLOP table of one compression setting; returns a dict for :func:`format_backbone`."""
+                   data_root: str | Path = "data/synthetic2d", device: str = "cpu") -> dict[str, Any]:
+    """Interleaved timing and FLOP table of one compression setting; returns a dict for :func:`format_backbone`.
+
+    ``device``: ``cpu`` or ``cuda`` (float32 on both; the FLOP count does not depend on it).
+    """
+    dev = torch.device(device)
     vit = build_encoder(model, image_size)
     comp = BackboneCompression(compress, ratio, start_block=start_block, scope=scope, mode=mode)
     vit.set_compression(comp)
-    comp.eval()
+    vit.to(dev)
+    comp.to(dev).eval()
     image, source = bench_image(image_size, data_root)
+    image = image.to(dev)
     runs: dict[str, list[float]] = {"dense": [], "compressed": []}
     outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for step in range(repeats + 1):  # step 0 is the warm-up of both
             for name in ("dense", "compressed"):
                 vit.compression = comp if name == "compressed" else None
-                seconds, outs[name] = _timed(lambda: vit(image))
+                seconds, outs[name] = _timed(lambda: vit(image), dev)
                 if step > 0:
                     runs[name].append(seconds)
     vit.compression = comp
@@ -88,7 +98,7 @@ def bench_backbone(image_size: int = 1024, compress: str = "tome", ratio: float 
     return {
         "model": model, "image_size": image_size, "grid": hw, "compress": compress, "ratio": ratio,
         "start_block": start_block, "mode": mode, "scope": scope, "repeats": repeats, "input": source,
-        "threads": torch.get_num_threads(), "block_kinds": kinds, "trace": comp.trace,
+        "device": str(dev), "threads": torch.get_num_threads(), "block_kinds": kinds, "trace": comp.trace,
         "flops_dense": dense_f, "flops_compressed": comp_f, "latency": lat, "runs": runs,
         "speedup": lat["dense"] / lat["compressed"], "ideal": dense_f["total"] / comp_f["total"],
         "ideal_model_only": dense_f["total"] / comp_f["model"], "neck_cosine": float(cos),
@@ -104,7 +114,7 @@ def format_backbone(r: dict[str, Any]) -> str:
         f"encoder: SAM {r['model']} layout, randomly initialised (no SAM weights can be downloaded here; latency "
         "and FLOPs do not depend on the weights)",
         f"input: {r['image_size']} px ({r['grid']}x{r['grid']} = {n0} tokens), {r['input']}; "
-        f"{r['threads']} threads; batch 1; float32; fused SDPA in both",
+        f"{_where(r)}; batch 1; float32; fused SDPA in both",
         f"compression: {r['compress']} ratio {r['ratio']} (fraction removed) at block {r['start_block']}, "
         f"scope {r['scope']}, mode {r['mode']}; restored before the neck (outputs equal in shape: {r['shape_equal']})",
         "",
@@ -132,3 +142,11 @@ def format_backbone(r: dict[str, Any]) -> str:
         f"neck-output cosine compressed vs dense: {r['neck_cosine']:.4f} (random weights: not an accuracy figure)",
     ]
     return "\n".join(lines)
+
+
+def _where(r: dict[str, Any]) -> str:
+    """``2 threads`` on CPU (as before devices were recorded), the device's name on CUDA."""
+    device = r.get("device", "cpu")
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{r['threads']} threads"

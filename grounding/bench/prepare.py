@@ -47,3 +47,10 @@ def bench_prepare(work_dir: Path | None = None, preset: str = "scannet", seed: i
         "points_per_second": sum(points) / sum(times),
         "peak_rss_mib": peak_rss_mib(),
     }
+
+
+def format_prepare(r: dict[str, float]) -> str:
+    """The report lines of :func:`bench_prepare`'s result."""
+    return (f"scenes: {r['scenes']}, median points: {r['median_points']:.0f}\n"
+            f"prepare: median {r['median_seconds']:.3f} s/scene, max {r['max_seconds']:.3f} s, "
+            f"{r['points_per_second'] / 1e3:.0f}k points/s, peak RSS {r['peak_rss_mib']:.0f} MiB (one core)")

@@ -114,3 +114,16 @@ def bench_rgsan(device: str = "cpu", repeats: int = 5, descriptions: int = 64, w
         "peak_growth_mib": None if dev.type == "cuda" else peak_rss_mib() - rss0,
         "repeats": repeats, "overrides": list(overrides),
     }
+
+
+def format_rgsan(r: dict[str, Any]) -> str:
+    """The report lines of :func:`bench_rgsan`'s result."""
+    growth = "" if r["peak_growth_mib"] is None else f" (+{r['peak_growth_mib']:.0f} MiB during the forwards)"
+    return "\n".join([
+        f"scene {r['scene']}: {r['points']} points, {r['voxels']} voxels, {r['superpoints']} superpoints, "
+        f"{r['descriptions']} descriptions; text encoder {r['text_encoder']}; {r['device']} {r['precision']}",
+        f"forward (median of {r['repeats']}): {r['seconds_per_scene']:.3f} s/scene, "
+        f"{1e3 * r['seconds_per_description']:.1f} ms/description "
+        f"(backbone {r['backbone_seconds']:.3f} s, text + decoder {r['rest_seconds']:.3f} s)",
+        f"peak memory: {r['peak_mib']:.0f} MiB{growth}",
+    ])

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+DOC = Path("docs/benchmarks.md")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="Measure speed and memory.",
@@ -19,6 +21,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--work-dir", type=Path, default=None, help="where the generated scans are cached")
+    s = kinds.add_parser("superpoints", help="seconds per scan of mesh and point-cloud superpoints, on one core",
+                         description="Times ScanNet's mesh superpoint segmentation and its point-cloud (kNN) variant "
+                         "on a generated ScanNet-sized scan (the smallest with 150k+ vertices), pinned to one CPU "
+                         "with one thread; median of --repeats after one warm-up each.")
+    s.add_argument("--preset", default="scannet", choices=["tiny", "demo", "scannet"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--min-vertices", type=int, default=150_000,
+                   help="time the smallest scan with at least this many vertices (else the largest)")
+    s.add_argument("--work-dir", type=Path, default=None, help="where the generated scans are cached")
     r = kinds.add_parser("rgsan", help="RG-SAN forward latency per scene / description and peak memory")
     r.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     r.add_argument("--descriptions", type=int, default=64)
@@ -35,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--start-block", type=int, default=2)
     v.add_argument("--model", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
     v.add_argument("--repeats", type=int, default=3, help="timed runs of each encoder, after one warm-up each")
+    v.add_argument("--device", default="cpu", help="cpu or cuda (float32 on both)")
     v.add_argument("--mode", default="gather", choices=["gather", "mask"])
     v.add_argument("--scope", default="auto", choices=["auto", "window", "global"])
     v.add_argument("--data-root", type=Path, default=Path("data/synthetic2d"))
@@ -44,49 +57,85 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--dit-run", type=Path, default=None,
                    help="trained DIT run folder for --mask-iou (default: outputs/dit_b when present)")
     v.add_argument("--limit", type=int, default=None, help="--mask-iou: at most this many expressions")
+    a = kinds.add_parser("all", help="every benchmark; rewrites the table of docs/benchmarks.md",
+                         description="Runs every benchmark (prepare, superpoints, rgsan, backbone; CUDA variants too "
+                         "when a GPU is present), each in a fresh process, printing each report as it comes, then "
+                         "rewrites the marked table block of --doc: this machine's rows are replaced, other "
+                         "machines' rows and the prose are kept. A failed benchmark is reported and marked FAILED; "
+                         "the others still run and the exit code is 1.")
+    a.add_argument("--doc", type=Path, default=None,
+                   help=f"the Markdown file whose table is rewritten (default {DOC}; --quick: nothing is written "
+                   "unless --doc names another file)")
+    a.add_argument("--quick", action="store_true",
+                   help="smoke check: tiny presets, tiny encoder, one repeat; figures marked 'quick:'")
+    a.add_argument("--only", default=None, metavar="NAME,...",
+                   help="run only these benchmarks (kinds: prepare, superpoints, rgsan, backbone; or job names, "
+                   "e.g. rgsan-cpu, backbone-tome-0.5); only their rows of this machine are replaced")
+    a.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
+    a.add_argument("--work-dir", type=Path, default=None,
+                   help="cache of the generated scans, one folder per preset (default: the temp folder)")
+    a.add_argument("--in-process", action="store_true",
+                   help="run the benchmarks in this process (debugging; peak-memory figures then include the "
+                   "benchmarks before)")
 
 
 def run(args: argparse.Namespace) -> int:
     from grounding.bench import header
 
     command = "grounding " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if args.bench == "prepare":
-        from grounding.bench.prepare import bench_prepare
+    if args.bench == "all":
+        return _run_all(args)
+    if args.bench == "backbone":
+        return _run_backbone(args, command)
+    from grounding.bench.all import measure
 
-        r = bench_prepare(args.work_dir, preset=args.preset, seed=args.seed, repeats=args.repeats)
-        print(header(command))
-        print(f"scenes: {r['scenes']}, median points: {r['median_points']:.0f}")
-        print(f"prepare: median {r['median_seconds']:.3f} s/scene, max {r['max_seconds']:.3f} s, "
-              f"{r['points_per_second'] / 1e3:.0f}k points/s, peak RSS {r['peak_rss_mib']:.0f} MiB (one core)")
-    elif args.bench == "rgsan":
-        import torch
-
-        from grounding.bench.rgsan import bench_rgsan
-
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        r = bench_rgsan(device, repeats=args.repeats, descriptions=args.descriptions, work_dir=args.work_dir,
-                        overrides=args.overrides, precision=args.precision)
-        print(header(command))
-        print(f"scene {r['scene']}: {r['points']} points, {r['voxels']} voxels, {r['superpoints']} superpoints, "
-              f"{r['descriptions']} descriptions; text encoder {r['text_encoder']}; {r['device']} {r['precision']}")
-        print(f"forward (median of {r['repeats']}): {r['seconds_per_scene']:.3f} s/scene, "
-              f"{1e3 * r['seconds_per_description']:.1f} ms/description "
-              f"(backbone {r['backbone_seconds']:.3f} s, text + decoder {r['rest_seconds']:.3f} s)")
-        growth = "" if r["peak_growth_mib"] is None else f" (+{r['peak_growth_mib']:.0f} MiB during the forwards)"
-        print(f"peak memory: {r['peak_mib']:.0f} MiB{growth}")
-    elif args.bench == "backbone":
-        return _run_backbone(args, header(command))
+    m = measure(args)
+    print(header(command))
+    print(m.text)
     return 0
 
 
-def _run_backbone(args: argparse.Namespace, head: str) -> int:
-    from grounding.backbone.compression import BackboneCompression
-    from grounding.bench.backbone import bench_backbone, format_backbone
+def _run_all(args: argparse.Namespace) -> int:
+    doc = args.doc
+    if args.quick and doc is not None and _is_repo_doc(doc):
+        print(f"bench all: --quick figures are never written to {DOC}; pass another --doc", file=sys.stderr)
+        return 2
+    if doc is None and not args.quick and not args.dry_run:
+        doc = DOC
+        if not doc.is_file():
+            print(f"bench all: no {DOC} here: run from the repository root or pass --doc", file=sys.stderr)
+            return 2
+    import torch
 
-    r = bench_backbone(args.image_size, args.compress, args.ratio, args.start_block, args.model, args.repeats,
-                       args.mode, args.scope, args.data_root)
-    print(head)
-    print(format_backbone(r))
+    from grounding.bench.all import plan, run_all, select
+
+    try:
+        jobs = select(plan(args.quick, torch.cuda.is_available(), args.work_dir), args.only)
+    except ValueError as e:
+        print(f"bench all: {e}", file=sys.stderr)
+        return 2
+    if args.quick and doc is None:
+        print("bench all: --quick writes a table only to an explicit --doc (never to docs/benchmarks.md)")
+    return run_all(jobs, None if args.dry_run else doc, quick=args.quick, isolate=not args.in_process,
+                   replace_all=args.only is None)
+
+
+def _is_repo_doc(path: Path) -> bool:
+    """Whether ``path`` is docs/benchmarks.md of this checkout or of the working directory."""
+    import grounding
+
+    repo_doc = Path(grounding.__file__).resolve().parents[1] / DOC
+    return path.resolve() in {repo_doc, DOC.resolve()}
+
+
+def _run_backbone(args: argparse.Namespace, command: str) -> int:
+    from grounding.backbone.compression import BackboneCompression
+    from grounding.bench import header
+    from grounding.bench.all import measure
+
+    m = measure(args)
+    print(header(command))
+    print(m.text)
     if not args.mask_iou:
         return 0
     from grounding.bench.mask_iou import dit_mask_agreement, sam_mask_agreement
