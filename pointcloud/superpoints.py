@@ -263,23 +263,29 @@ def point_cloud_superpoints(points: np.ndarray, colors: np.ndarray | None = None
     return graph_superpoints(p, n, edges, k_thresh, seg_min_points, extra_weight=extra)
 
 
-def superpoint_purity(superpoint: np.ndarray, instance: np.ndarray) -> float:
+def superpoint_purity(superpoint: np.ndarray, instance: np.ndarray, ignore: int | None = None) -> float:
     """Fraction of points whose superpoint's majority instance is their own instance.
 
-    Unannotated points (instance -1 in ScanNet) count as one more label, so a superpoint straddling an object
-    and unannotated space is impure too. 1.0 means every superpoint lies inside one instance (the property
-    ScanNet's own superpoints have by construction of its annotations).
+    By default unannotated points (instance -1 in ScanNet) count as one more label, so a superpoint straddling
+    an object and unannotated space is impure too. With ``ignore=-1`` those points have no "own instance": they
+    neither vote nor are scored (the fraction is over annotated points, each superpoint's majority over its
+    annotated points). 1.0 means every superpoint lies inside one instance (the property ScanNet's own
+    superpoints have by construction of its annotations).
 
     Args:
         superpoint: (N,) int segment id per point. instance: (N,) int instance id per point.
+        ignore: instance id of unannotated points to leave out, or None to count them as a label.
 
     Returns:
-        Purity in ``[0, 1]``; 1.0 for N = 0.
+        Purity in ``[0, 1]``; 1.0 when no point is scored.
     """
     sp = np.asarray(superpoint).reshape(-1)
     inst = np.asarray(instance).reshape(-1)
     if sp.shape != inst.shape:
         raise ValueError(f"superpoint_purity: {sp.shape[0]} superpoint ids but {inst.shape[0]} instance ids")
+    if ignore is not None:
+        keep = inst != ignore
+        sp, inst = sp[keep], inst[keep]
     if sp.size == 0:
         return 1.0
     _, sp_c = np.unique(sp, return_inverse=True)
