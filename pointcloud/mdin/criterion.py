@@ -2,7 +2,11 @@
 
 Pairs come from the geometric assignment (:mod:`.assign`), computed once per description and reused at every
 depth; each pair is supervised with its **own** target's mask (spec §6.6). ``n_pairs`` is the number of pairs in
-the batch summed over processes and clamped at 1 (an all-zero-target batch would otherwise divide by 0: D5).
+the batch, clamped at 1 (an all-zero-target batch would otherwise divide by 0: D5). In data-parallel training it is
+the global batch's count (summed over the W processes) divided by W: every process divides its sum by it and DDP
+averages the gradients, so the step follows the global batch's sum / its pairs, whatever W (without the division
+the pair terms would shrink by 1 / W against ``loss_sampler``). Outside training each process counts its own pairs:
+evaluation splits need not give every process as many batches, and a collective per batch would then deadlock.
 
 Terms (per prediction p = 0..L, weighted (p + 1) / (L + 1) and summed: deep supervision, final prediction 1):
 
@@ -54,12 +58,24 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return alpha_t * ce * (1 - p_t) ** gamma
 
 
-def total_pairs(count: int, device: torch.device) -> Tensor:
-    """Pairs of the batch summed over processes, clamped at >= 1 (float scalar)."""
+def total_pairs(count: int, device: torch.device, synchronise: bool = True) -> Tensor:
+    """``n_pairs`` (float scalar, >= 1): ``count``, or with ``synchronise`` in a data-parallel run the mean count
+    per process (the sum over processes / W; module docstring)."""
     n = torch.tensor(float(count), device=device)
-    if dist.is_available() and dist.is_initialized():
+    if synchronise and dist.is_available() and dist.is_initialized():
         dist.all_reduce(n)
+        n = n / dist.get_world_size()
     return n.clamp_min(1.0)
+
+
+def _zero_anchor(*tensors: Tensor) -> Tensor:
+    """0 x the sum of ``tensors``: keeps outputs in the autograd graph when a batch gives them nothing to fit.
+
+    Data-parallel training without ``find_unused_parameters`` needs a gradient (a zero one will do) for every
+    parameter on every process at every step; without the anchor a batch of zero-target descriptions leaves the
+    mask head out of the graph, and one without a pair above the IoU threshold the score head.
+    """
+    return sum((0.0 * t.float().sum() for t in tensors), torch.zeros((), device=tensors[0].device))
 
 
 class MDINCriterion(nn.Module):
@@ -75,11 +91,15 @@ class MDINCriterion(nn.Module):
         replicate_mdin_gt_index_bug: reproduce defect D1 (every pair of target j >= 1 mostly reads target 0's
             mask). Off by default; state it when comparing to the published 47.5 mIoU.
         deep_supervision: weight prediction p by (p + 1) / (L + 1); False supervises the final prediction only.
+        global_pair_count: in data-parallel training normalise by the global batch's pairs (True, spec §6.7; see
+            the module docstring). False: each process by its own, which is what gradient accumulation does, so a
+            W-process run equals one process accumulating W batches (tests/engine/test_ddp_experiments.py).
     """
 
     def __init__(self, iou_threshold: float = 0.5, eos_coef: float = 0.1, temperature: float = 0.07,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, parity_normalisation: bool = False,
-                 replicate_mdin_gt_index_bug: bool = False, deep_supervision: bool = True) -> None:
+                 replicate_mdin_gt_index_bug: bool = False, deep_supervision: bool = True,
+                 global_pair_count: bool = True) -> None:
         super().__init__()
         self.iou_threshold = iou_threshold
         self.eos_coef = eos_coef
@@ -88,6 +108,7 @@ class MDINCriterion(nn.Module):
         self.parity_normalisation = parity_normalisation
         self.replicate_mdin_gt_index_bug = replicate_mdin_gt_index_bug
         self.deep_supervision = deep_supervision
+        self.global_pair_count = global_pair_count
 
     # ------------------------------------------------------------------ assignment
     def assign(self, outputs: Any, batch: ReferBatch3D) -> tuple[list[Assignment], list[Assignment], Tensor, Tensor]:
@@ -171,7 +192,7 @@ class MDINCriterion(nn.Module):
             raise ValueError("MDINCriterion needs batch.sp_ins_label and batch.sp_ref_mask (scenes with superpoints)")
         assigns, seeds, labels, seed_ctr = self.assign(outputs, batch)
         dev = outputs.pred_masks.device
-        n_pairs = total_pairs(sum(a.num_pairs for a in assigns), dev)
+        n_pairs = total_pairs(sum(a.num_pairs for a in assigns), dev, self.global_pair_count and self.training)
         paired = torch.zeros_like(outputs.query_valid)
         for d, a in enumerate(assigns):
             paired[d, a.query] = True
@@ -194,4 +215,6 @@ class MDINCriterion(nn.Module):
                 outputs.query_proj[p], outputs.token_proj, outputs.query_valid, outputs.word_valid, paired,
                 outputs.word_sets, self.temperature) / n_pairs
         terms["loss_sampler"] = self._sampler(outputs, batch, seeds, seed_ctr)
+        terms["loss_bce"] = terms["loss_bce"] + _zero_anchor(outputs.pred_masks)
+        terms["loss_score"] = terms["loss_score"] + _zero_anchor(outputs.pred_scores)
         return terms

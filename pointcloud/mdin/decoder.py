@@ -29,6 +29,8 @@ class _Attention(nn.Module):
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.residual_only = residual_only
+        if residual_only:  # never applied (D3): frozen, see MDINDecoderLayer
+            self.norm.requires_grad_(False)
 
     def delta(self, x: Tensor, kv: Tensor, key_padding: Tensor | None = None,
               attn_mask: Tensor | None = None) -> Tensor:
@@ -86,6 +88,11 @@ class MDINDecoderLayer(nn.Module):
         self.ffn = _FFN(dim, ffn_dim)
         self.num_heads = num_heads
         self.triple_residual = parity_triple_residual
+        # LayerNorms that one mode never applies (QQA's and QLA's own without the triple residual, which take only
+        # their deltas; the fusion norm with it) are kept, so that state dicts have the same keys in every mode,
+        # but frozen: every trainable parameter gets a gradient (DDP without find_unused_parameters).
+        for norm in ((self.qqa.norm, self.qla.norm) if not parity_triple_residual else (self.fuse_norm,)):
+            norm.requires_grad_(False)
 
     def forward(self, queries: Tensor, words: Tensor, word_pad: Tensor, inst: Tensor, inst_pad: Tensor,
                 attn_mask: Tensor) -> tuple[Tensor, Tensor]:

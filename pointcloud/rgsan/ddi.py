@@ -7,7 +7,8 @@ One DDI layer runs, in parallel on the same input x (D descriptions x N nodes x 
    per edge and head, ``score = exp(clamp(sum_c K[src] * Q[dst] / sqrt(32) * E[edge], -5, 5))``; every node
    aggregates ``sum score * V[src] / (sum score + 1e-6)`` over its incoming edges (0 when it has none), then
    ``O_h``; the edge features are updated from the per-channel products (``O_e``, residual, BatchNorm, FFN
-   256 -> 512 -> 256 ReLU, residual, BatchNorm) and carried to the next layer;
+   256 -> 512 -> 256 ReLU, residual, BatchNorm) and carried to the next layer (the last layer's edge update
+   reaches nothing: it is skipped and its weights are frozen, see :class:`GraphAttention`);
 
 then ``x = LayerNorm(x + SA(x) + GA(x))`` and a GELU FFN 256 -> 1024 -> 256 with residual and LayerNorm.
 Edges are given as flat node rows ``d * N + k`` (:class:`pointcloud.rgsan.graph.GraphBatch`), so the graph part
@@ -46,9 +47,13 @@ class GraphAttention(nn.Module):
     Args:
         dim: node and edge width (256).
         num_heads: heads (8, so 32 channels per head).
+        update_edges: compute the updated edge features. False in the last DDI layer, whose edge output nothing
+            reads: its edge weights (``out_e``, ``norm_e1``, ``ffn_e``, ``norm_e2``) are still built, so state
+            dicts keep the original's keys, but frozen, so every trainable parameter gets a gradient (DDP without
+            ``find_unused_parameters``, as for DIT's unused SAM parts) and ``forward`` returns the edges as given.
     """
 
-    def __init__(self, dim: int = 256, num_heads: int = 8) -> None:
+    def __init__(self, dim: int = 256, num_heads: int = 8, update_edges: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"GraphAttention: dim {dim} is not divisible by {num_heads} heads")
@@ -62,6 +67,10 @@ class GraphAttention(nn.Module):
         self.norm_e1 = nn.BatchNorm1d(dim)
         self.ffn_e = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
         self.norm_e2 = nn.BatchNorm1d(dim)
+        self.update_edges = update_edges
+        if not update_edges:
+            for module in (self.out_e, self.norm_e1, self.ffn_e, self.norm_e2):
+                module.requires_grad_(False)
 
     def forward(self, x: Tensor, edges: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
         """Args:
@@ -70,7 +79,8 @@ class GraphAttention(nn.Module):
             src, dst: (E,) int64 node rows of each edge's dependent and governor.
 
         Returns:
-            ``(h (R, C), edges (E, C))``: aggregated node messages after ``O_h`` and the updated edge features.
+            ``(h (R, C), edges (E, C))``: aggregated node messages after ``O_h`` and the updated edge features
+            (the given ones when ``update_edges`` is False).
         """
         r, c = x.shape
         h, dh = self.num_heads, self.head_dim
@@ -81,6 +91,8 @@ class GraphAttention(nn.Module):
         weighted = x.new_zeros(r, h, dh).index_add(0, dst, score * v[src])
         total = x.new_zeros(r, h, 1).index_add(0, dst, score)
         node_out = self.out_h((weighted / (total + 1e-6)).reshape(r, c))
+        if not self.update_edges:
+            return node_out, edges
         edge_out = _batch_norm(self.norm_e1, edges + self.out_e(prod.reshape(-1, c)))
         edge_out = _batch_norm(self.norm_e2, edge_out + self.ffn_e(edge_out))
         return node_out, edge_out
@@ -93,12 +105,13 @@ class DDILayer(nn.Module):
         dim: d_model (256).
         num_heads: heads of both attentions (8).
         ffn_dim: hidden width of the node FFN (1024).
+        update_edges: see :class:`GraphAttention` (False for the last layer).
     """
 
-    def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024) -> None:
+    def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024, update_edges: bool = True) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.graph_attn = GraphAttention(dim, num_heads)
+        self.graph_attn = GraphAttention(dim, num_heads, update_edges)
         self.norm = nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
 

@@ -117,6 +117,9 @@ class RGSAN(nn.Module):
             otherwise), classify each group from its mean feature and hand-made geometry (``loss_object_class``)
             and append its class probabilities and geometry to each superpoint's decoder input
             (:mod:`pointcloud.rgsan.objects`). Needs ``aux_affinity`` and ``aux_semantic_classes``. Not published.
+        random_pe_signs: flip the Laplacian eigenvector signs at random in training (True, spec D8 without the
+            flips at evaluation). The flips come from the global torch generator, so False is what makes training
+            a pure function of the data order (e.g. to compare a data-parallel run with gradient accumulation).
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -126,7 +129,8 @@ class RGSAN(nn.Module):
                  backbone_lr_mult: float = 0.01, text_lr_mult: float = 0.001, parse_cache_size: int = 200_000,
                  aux_semantic_classes: int = 0, superpoint_geometry: bool = False,
                  mask_position_prior: bool = False, aux_instance_offsets: bool = False, aux_affinity: bool = False,
-                 affinity_cell: float = 0.05, object_context: bool = False) -> None:
+                 affinity_cell: float = 0.05, object_context: bool = False,
+                 random_pe_signs: bool = True) -> None:
         super().__init__()
         if object_context and (not aux_affinity or aux_semantic_classes <= 0):
             raise ValueError("RGSAN(object_context=True) groups superpoints by the affinity head outside training "
@@ -153,6 +157,7 @@ class RGSAN(nn.Module):
         self.position_refinement = position_refinement
         self.rule_guided = rule_guided
         self.directed_laplacian = directed_laplacian
+        self.random_pe_signs = random_pe_signs
         self.backbone_checkpoint = backbone_checkpoint
         self.backbone_lr_mult, self.text_lr_mult = backbone_lr_mult, text_lr_mult
         self.parse_cache_size = parse_cache_size
@@ -250,7 +255,7 @@ class RGSAN(nn.Module):
             raise RuntimeError(f"text encoder returned {words.shape[1]} words per row, the parses have "
                                f"{graphs.num_nodes - 1}")
         lap_pe = graphs.lap_pe
-        if self.training:
+        if self.training and self.random_pe_signs:
             # Eigenvector signs are arbitrary: flip them at random, per description and eigenvector, in
             # training only (spec D8: the original also flips at evaluation, making inference random).
             sign = torch.randint(0, 2, (lap_pe.shape[0], 1, lap_pe.shape[2]), device=device) * 2 - 1

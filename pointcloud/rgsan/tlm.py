@@ -225,12 +225,15 @@ class TextLocalizationModule(nn.Module):
         # Two separate Fourier encoders: queries and keys hold different random B (kept for parity).
         self.query_fourier, self.key_fourier = FourierEmbedding(dim), FourierEmbedding(dim)
         self.ref_point_head = mlp([dim, dim, dim])
-        self.ddi = nn.ModuleList(DDILayer(dim, num_heads, ffn_dim) for _ in range(num_layers))
+        # The last DDI layer's edge output is never read: its edge update is skipped (and frozen, ddi.py).
+        self.ddi = nn.ModuleList(DDILayer(dim, num_heads, ffn_dim, update_edges=i < num_layers - 1)
+                                 for i in range(num_layers))
         self.layers = nn.ModuleList(DecoderLayer(dim, num_heads, ffn_dim, self.use_rpe) for _ in range(num_layers))
         # Heads shared by all predictions.
         self.out_norm = nn.LayerNorm(dim)
         self.score_head = mlp([dim, dim, 1])
-        self.decoder_norm = nn.LayerNorm(dim)
+        # Only the refinement reads the decoder norm: built with it, so that no parameter goes without a gradient.
+        self.decoder_norm = nn.LayerNorm(dim) if position_refinement else None
         self.offset = mlp([dim, dim, dim, 3]) if position_refinement else None
         if self.offset is not None:  # zero-initialised: refinement starts as the identity
             nn.init.zeros_(self.offset[-1].weight)
@@ -286,7 +289,8 @@ class TextLocalizationModule(nn.Module):
             x = self.layers[i].self_attention(x, layout.to_desc(self.ref_point_head(sine)), node_mask)
             bins = relative_bins(ref, sp_centers) if self.use_rpe else None
             xs = self.layers[i].cross_and_ffn(layout.to_scene(x), sine, memory, key_pos, blocked, bins)
-            new_ref = ref + self.offset(self.decoder_norm(xs)) if self.offset is not None else ref
+            new_ref = (ref + self.offset(self.decoder_norm(xs))
+                       if self.offset is not None and self.decoder_norm is not None else ref)
             m, s, blocked = self._predict(xs, mask_feats, sp_pad, desc_scene, rows, new_ref, sp_centers)
             masks.append(m)
             scores.append(s)

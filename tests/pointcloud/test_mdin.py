@@ -209,6 +209,45 @@ def test_zero_target_batch_has_finite_losses_and_no_mask_terms(scenes: Path, enc
     assert float(total_pairs(0, torch.device("cpu"))) == 1.0  # D5: never divide by zero
 
 
+@pytest.mark.parametrize("parity", [False, True])
+def test_zero_target_batch_gives_every_trainable_parameter_a_gradient(scenes: Path, encoder: TextEncoder,
+                                                                       parity: bool) -> None:
+    # DDP without find_unused_parameters: no pair leaves the mask and score heads in the graph (weight 0), and the
+    # LayerNorms a mode never applies are frozen.
+    batch = batch_of(scenes, [r for r in RECORDS if not r.object_ids], TrainTransform())
+    model = build(encoder, parity_residual_only=parity, parity_triple_residual=parity).train()
+    weighted(MDINCriterion()(model(batch), batch)).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_pair_count_in_data_parallel_training(scenes: Path, encoder: TextEncoder,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 processes with 5 and 3 pairs: each divides by the mean, 4, so the averaged gradient is sum / 8 (spec §6.7).
+    from pointcloud.mdin import criterion
+
+    batch = batch_of(scenes, RECORDS[:2])
+    with torch.no_grad():
+        out = build(encoder).eval()(batch)
+    calls: list[float] = []
+
+    def all_reduce(n: torch.Tensor) -> None:
+        calls.append(float(n))
+        n.add_(3.0)
+
+    monkeypatch.setattr(criterion.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(criterion.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(criterion.dist, "all_reduce", all_reduce)
+    assert float(total_pairs(5, torch.device("cpu"))) == 4.0
+    assert float(total_pairs(5, torch.device("cpu"), synchronise=False)) == 5.0
+    # Outside training no collective: evaluation splits may give the processes different numbers of batches.
+    calls.clear()
+    MDINCriterion().eval()(out, batch)
+    MDINCriterion(global_pair_count=False).train()(out, batch)
+    assert calls == []
+    MDINCriterion().train()(out, batch)
+    assert len(calls) == 1
+
+
 def test_single_target_batch_pairs_every_query_in_the_object(scenes: Path, encoder: TextEncoder) -> None:
     batch = batch_of(scenes, [RECORDS[1]])
     model = build(encoder).eval()

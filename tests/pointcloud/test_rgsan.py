@@ -114,6 +114,18 @@ def test_forward_backward_shapes_and_gradients(scenes: Path, encoder: TextEncode
     assert not model.text_encoder.training
 
 
+@pytest.mark.parametrize("flags", [{}, {"position_refinement": False, "rule_guided": False}])
+def test_every_trainable_parameter_gets_a_gradient(scenes: Path, encoder: TextEncoder, flags: dict) -> None:
+    # What DDP without find_unused_parameters needs: the last DDI layer's edge update (nothing reads its output) is
+    # frozen, and the decoder norm exists only with the position refinement that reads it.
+    batch = batch_of(scenes, RECORDS, TrainTransform())
+    model = build(encoder, num_layers=2, **flags).train()
+    weighted({k: v for k, v in RGSANCriterion()(model(batch), batch).items() if k in WEIGHTS}).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad and not n.startswith("text_encoder.")}
+    assert frozen and all(n.startswith("tlm.ddi.1.graph_attn.") for n in frozen)
+
+
 def test_sentinel_target_keeps_losses_finite_and_skips_position(scenes: Path, encoder: TextEncoder) -> None:
     batch = batch_of(scenes, RECORDS)
     sentinel = [r.object_ids for r in batch.records].index((30,))

@@ -16,16 +16,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from run_helpers import save_run
+from tiny_overrides import TINY
 
 from grounding.engine.config import load_config
-
-TINY = {
-    "rgsan": ["experiment=rgsan_synthetic", "model.net.d_model=32", "model.net.num_heads=2", "model.net.ffn_dim=64",
-              "model.net.num_layers=1", "model.net.backbone.levels=3"],
-    "mdin": ["experiment=mdin_synthetic", "model.net.d_model=32", "model.net.num_heads=2", "model.net.ffn_dim=64",
-             "model.net.num_layers=1", "model.net.num_seeds=16", "model.net.num_queries=8",
-             "model.net.backbone.levels=3", "model.postprocess.min_points=5"],
-}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from run_helpers import save_run
+from tiny_overrides import TINY
 
 from datasets.synthetic.images import generate_synthetic2d
 from grounding.cli.main import main
@@ -25,20 +26,10 @@ from grounding.engine.config import load_config
 from grounding.export import export_checkpoint
 from grounding.predict import Box2D, Mask2D, Predictor2D
 
-# Tiny ViTs on a 64 px canvas. The DIT threshold sits at the perturbed model's typical probability (~0.53), so its
-# masks cover part of the photo and pixels near the threshold are where an inexact reproduction would show.
-SMALL = {
-    "dit": ["experiment=dit_synthetic", "data.source.canvas=64", "model.net.image_encoder.img_size=64",
-            "model.net.image_encoder.embed_dim=32", "model.net.image_encoder.depth=1",
-            "model.net.image_encoder.num_heads=2", "model.net.image_encoder.out_chans=32",
-            "model.net.prompt_encoder.embed_dim=32", "model.net.mask_decoder.transformer_dim=32",
-            "model.net.mask_decoder.mlp_dim=64", "model.net.mask_decoder.num_heads=2",
-            "model.postprocess.threshold=0.53"],
-    "retrieval": ["experiment=retrieval_synthetic", "data.source.canvas=64", "model.net.backbone.img_size=64",
-                  "model.net.backbone.embed_dim=32", "model.net.backbone.depth=1", "model.net.backbone.num_heads=2",
-                  "model.net.backbone.out_chans=32", "model.net.pyramid_dim=16", "model.net.head.d_model=32",
-                  "model.net.head.num_heads=2", "model.net.head.ffn_dim=64"],
-}
+# The tiny ViTs of tests/tiny_overrides.py (64 px canvas). The DIT threshold sits at the perturbed model's typical
+# probability (~0.53), so its masks cover part of the photo and pixels near the threshold are where an inexact
+# reproduction would show.
+SMALL = {"dit": [*TINY["dit"], "model.postprocess.threshold=0.53"], "retrieval": TINY["retrieval"]}
 
 
 @dataclass
