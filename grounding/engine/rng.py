@@ -5,6 +5,11 @@ Lightning saves the model, optimizer, schedulers and loop counters, but not the 
 and samplers without their own generator draw from. :class:`RngStateCallback` stores them (every rank's, in
 data-parallel runs) and puts them back when training starts, after Lightning has set everything up, because
 setting up consumes random numbers too (each ``DataLoader`` iterator draws a worker seed).
+
+Every process of a data-parallel run is seeded with the same ``seed`` (so that all build the same model), which
+would also give every rank the same dropout masks and random flips. When a fresh (not resumed) fit starts, rank
+``r >= 1`` therefore re-seeds its global generators with ``seed + r``; rank 0 keeps its stream, the one a
+single-process run draws. Samplers and the datasets' per-item generators are seeded separately and are unaffected.
 """
 
 from __future__ import annotations
@@ -52,6 +57,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
                         "random numbers will differ from the interrupted run", len(cuda), torch.cuda.device_count())
 
 
+def seed_rank_streams(rank: int) -> int:
+    """Re-seed ``torch`` (CPU and CUDA), ``numpy`` and ``random`` with ``torch.initial_seed() + rank``; returns it."""
+    seed = (torch.initial_seed() + int(rank)) % 2**32
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return seed
+
+
 def _gather(states: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's states, in rank order (called on every rank: Lightning dumps checkpoints on all ranks)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -77,6 +91,8 @@ class RngStateCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ranks, self._to_restore = self._to_restore, None
         if not ranks:
+            if trainer.global_rank > 0:
+                seed_rank_streams(trainer.global_rank)
             return
         rank = trainer.global_rank
         if len(ranks) != trainer.world_size:

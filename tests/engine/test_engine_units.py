@@ -118,3 +118,22 @@ def test_exempt_weights_stay_out_of_checkpoints() -> None:
     fresh.on_load_checkpoint(ckpt)
     fresh.load_state_dict(ckpt["state_dict"], strict=True)  # strict: nothing else may be missing
     assert torch.equal(fresh.model.mlp[2].weight, task.model.mlp[2].weight)
+
+
+def test_data_parallel_ranks_get_their_own_random_streams() -> None:
+    """At a fresh fit start rank r >= 1 re-seeds with seed + r (distinct dropout masks); rank 0 keeps its stream."""
+    from types import SimpleNamespace
+
+    from grounding.engine.rng import RngStateCallback
+
+    def draws(rank: int) -> torch.Tensor:
+        torch.manual_seed(7)  # what seed_everything gives every rank
+        RngStateCallback().on_train_start(SimpleNamespace(global_rank=rank, world_size=2), None)
+        return torch.rand(4)
+
+    torch.manual_seed(7)
+    single = torch.rand(4)
+    assert torch.equal(draws(0), single)  # rank 0 draws what one process draws
+    rank1 = draws(1)
+    torch.manual_seed(8)  # seed + rank
+    assert torch.equal(rank1, torch.rand(4)) and not torch.equal(rank1, single)
