@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from grounding.compress.base import CompressContext
+from grounding.compress.base import CompressContext, Plan, build_selection_plan
 from grounding.tokens import TokenSet, batched_gather
 
 __all__ = [
@@ -170,3 +170,24 @@ def straight_through_keep(scores: Tensor, keep: Tensor, tau: Tensor, cand: Tenso
     """
     soft = torch.sigmoid((scores - tau) / temperature)
     return torch.where(cand, keep.to(scores.dtype) + (soft - soft.detach()), torch.ones_like(soft))
+
+
+def topk_selection_plan(tokens: TokenSet, ranking: Tensor, layout: GroupLayout, k: Tensor, mode: str, *,
+                        fuse: bool, temperature: float, straight_through: bool, scores: Tensor,
+                        ctx: CompressContext | None) -> Plan:
+    """The plan of the pruning-type compressors: keep the top ``k`` of ``ranking`` in each group of ``layout``.
+
+    Args:
+        ranking: (B, N) values ranked (higher kept); its gradient flows through the straight-through keep weight
+            when ``straight_through`` and autograd records it.
+        k: keep counts per group, shaped like ``layout.count``.
+        scores: (B, N) reported as ``Plan.scores`` (0 on padding).
+    """
+    cand = tokens.valid & ~tokens.protect
+    keep, tau = group_topk(ranking.detach(), layout, k)
+    keep_weight = None
+    if straight_through and ranking.requires_grad:  # only when autograd records the scores (training)
+        keep_weight = straight_through_keep(ranking, keep, tau, cand, temperature)
+    return build_selection_plan(tokens, keep, mode, fuse=fuse, keep_weight=keep_weight,
+                                scores=scores.masked_fill(~tokens.valid, 0.0),
+                                block=ctx.block if ctx is not None else 0)

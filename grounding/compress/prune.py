@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from grounding.compress.base import Budget, CompressContext, Compressor, Plan, build_selection_plan
+from grounding.compress.base import Budget, CompressContext, Compressor, Plan
 from grounding.compress.groups import (
     SCOPES,
     group_layout,
-    group_topk,
     resolve_groups,
-    straight_through_keep,
     token_metric,
+    topk_selection_plan,
 )
 from grounding.tokens import TokenSet
 
@@ -115,19 +114,7 @@ class ScorePrune(Compressor):
         budget = (ctx.budget if ctx is not None else None) or self.budget
         scores = self.scores(tokens, ctx)
         signed = scores if self.largest else -scores
-        cand = tokens.valid & ~tokens.protect
-        layout = group_layout(cand, resolve_groups(tokens, self.scope))
+        layout = group_layout(tokens.valid & ~tokens.protect, resolve_groups(tokens, self.scope))
         k = budget.keep_counts(layout.count.flatten()).reshape(layout.count.shape)
-        keep, tau = group_topk(signed.detach(), layout, k)
-        keep_weight = None
-        if signed.requires_grad:  # only when autograd records the scores (training)
-            keep_weight = straight_through_keep(signed, keep, tau, cand, self.temperature)
-        return build_selection_plan(
-            tokens,
-            keep,
-            mode,
-            fuse=self.fuse,
-            keep_weight=keep_weight,
-            scores=scores.masked_fill(~tokens.valid, 0.0),
-            block=ctx.block if ctx is not None else 0,
-        )
+        return topk_selection_plan(tokens, signed, layout, k, mode, fuse=self.fuse, temperature=self.temperature,
+                                   straight_through=True, scores=scores, ctx=ctx)

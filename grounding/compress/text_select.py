@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grounding.compress.base import Budget, CompressContext, Compressor, Plan, build_selection_plan
-from grounding.compress.groups import group_layout, group_topk, straight_through_keep
+from grounding.compress.base import Budget, CompressContext, Compressor, Plan
+from grounding.compress.groups import group_layout, topk_selection_plan
 from grounding.tokens import TokenSet
 
 __all__ = ["SCORE_FNS", "TextGuidedTopK", "text_similarity"]
@@ -195,19 +195,9 @@ class TextGuidedTopK(Compressor):
         """The top-k plan of given (B, N) scores (from :meth:`scores` or :meth:`score_terms`)."""
         budget = (ctx.budget if ctx is not None else None) or self.budget
         mode = self.resolve_mode(ctx)
-        cand = tokens.valid & ~tokens.protect
         # One group per sample: the shared top-k of the pruning compressors (stable: ties keep the lower index).
-        layout = group_layout(cand)
-        keep, tau = group_topk(scores.detach(), layout, budget.keep_counts(layout.count.flatten()).view(-1, 1))
-        keep_weight = None
-        if self.straight_through and torch.is_grad_enabled() and scores.requires_grad:
-            keep_weight = straight_through_keep(scores, keep, tau, cand, self.temperature)
-        return build_selection_plan(
-            tokens,
-            keep,
-            mode,
-            fuse=self.fuse,
-            keep_weight=keep_weight,
-            scores=scores.masked_fill(~tokens.valid, 0.0),
-            block=ctx.block if ctx is not None else 0,
-        )
+        layout = group_layout(tokens.valid & ~tokens.protect)
+        return topk_selection_plan(tokens, scores, layout, budget.keep_counts(layout.count.flatten()).view(-1, 1),
+                                   mode, fuse=self.fuse, temperature=self.temperature,
+                                   straight_through=self.straight_through and torch.is_grad_enabled(),
+                                   scores=scores, ctx=ctx)
