@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from box_scenes import SCENE_A, SCENE_B  # the tiny coloured-box scenes (fixtures in conftest.py)
 from hydra.utils import instantiate
-from test_rgsan import make_scene  # the tiny coloured-box scenes of the RG-SAN tests
 
 from datasets.records import ReferRecord
 from datasets.refer3d import Refer3DDataset
@@ -36,7 +36,6 @@ from pointcloud.mdin.phrases import phrase_sets
 
 WEIGHTS = {"loss_bce": 1.0, "loss_dice": 1.0, "loss_score": 1.0, "loss_sampler": 5.0, "loss_indicator": 0.1,
            "loss_contrastive": 0.1}
-SCENE_A, SCENE_B = "scene0001_00", "scene0002_00"
 
 
 def rec(scene: str, ann: int, ids: tuple[int, ...], text: str, eval_type: str) -> ReferRecord:
@@ -49,19 +48,6 @@ RECORDS = [rec(SCENE_A, 0, (10, 11), "the red box and the blue box.", "mt"),
            rec(SCENE_A, 3, (10, 11, 13), "the boxes that are not green.", "mt"),
            rec(SCENE_B, 0, (13,), "the yellow box.", "st_w_d"),
            rec(SCENE_B, 1, (), "the sofa next to the red box.", "zt_wo_d")]
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("mdin_scenes")
-    make_scene(SCENE_A, 0).save(folder)
-    make_scene(SCENE_B, 1).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    return TextEncoder()
 
 
 def batch_of(scenes: Path, records: list[ReferRecord], transform=None):

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from box_scenes import COLOURS, SCENE_A, SCENE_B
 from hydra.utils import instantiate
 
 from datasets.records import ReferRecord
 from datasets.refer3d import NO_CENTER, Refer3DDataset
-from datasets.scannet.scene import PreparedScene
 from datasets.transforms import TrainTransform, ValTransform
 from grounding.engine.config import load_config
 from grounding.metrics.masks import mask_iou
@@ -23,58 +23,17 @@ from pointcloud.backbone import SparseUNet
 from pointcloud.checkpoint import CheckpointMismatchError
 from pointcloud.rgsan import RGSAN, RGSANCriterion, RGSANOutputs, RGSANPostprocess, mask_to_rle, rle_to_mask
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 40)}
 WEIGHTS = {"loss_bce": 1.0, "loss_dice": 1.0, "loss_score": 0.5, "loss_position": 0.5}
-
-
-def make_scene(scene_id: str, seed: int) -> PreparedScene:
-    """A 2 m x 2 m floor (4 superpoints, unannotated) and 4 coloured boxes (4 superpoints each, ids 10..13), plus
-    object 30: three points inside a floor superpoint, so no superpoint is mostly object 30 (gt_center sentinel)."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(np.arange(0, 2, 0.1), np.arange(0, 2, 0.1)), -1).reshape(-1, 2)
-    coord = [np.c_[grid, np.zeros(len(grid))]]
-    color = [np.full((len(grid), 3), 128)]
-    inst = [np.full(len(grid), -1)]
-    inst[0][:3] = 30
-    sp = [(grid[:, 0] >= 1).astype(int) * 2 + (grid[:, 1] >= 1)]
-    centres = [(0.45, 0.45), (1.5, 0.5), (0.5, 1.5), (1.5, 1.5)]
-    for k, rgb in enumerate(COLOURS.values()):
-        c = np.array(centres[k]) + rng.uniform(-0.1, 0.1, 2)
-        side, height = np.arange(-0.15, 0.15, 0.075), np.arange(0.05, 0.5, 0.075)
-        box = np.stack(np.meshgrid(side, side, height), -1).reshape(-1, 3)
-        box[:, :2] += c
-        coord.append(box)
-        color.append(np.tile(rgb, (len(box), 1)))
-        inst.append(np.full(len(box), 10 + k))
-        sp.append(4 + 4 * k + (box[:, 2] > 0.25) + 2 * (box[:, 0] > c[0]))
-    xyz = np.concatenate(coord).astype(np.float32)
-    n = len(xyz)
-    return PreparedScene(scene_id, xyz - xyz.mean(0), np.concatenate(color).astype(np.uint8), np.concatenate(sp),
-                         np.full(n, 4), np.concatenate(inst))
 
 
 def record(scene: str, ann: int, obj: int, text: str) -> ReferRecord:
     return ReferRecord(scene, ann, (obj,), "box", text, "scanrefer", unique=ann % 2 == 0)
 
 
-SCENE_A, SCENE_B = "scene0001_00", "scene0002_00"
 RECORDS = ([record(SCENE_A, k, 10 + k, f"the {c} box is on the floor.") for k, c in enumerate(COLOURS)]
            + [record(SCENE_B, 0, 11, "a blue box next to the yellow one"),
               record(SCENE_B, 1, 12, "this is a green box. it is near the wall."),
               record(SCENE_B, 2, 30, "the tiny thing on the floor")])
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("rgsan_scenes")
-    make_scene(SCENE_A, 0).save(folder)
-    make_scene(SCENE_B, 1).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    return TextEncoder()  # all-MiniLM-L6-v2 from its PyPI package: offline, frozen
 
 
 def batch_of(scenes: Path, records: list[ReferRecord], transform=None, items: list[int] | None = None):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from test_rgsan import RECORDS, batch_of, build, scenes  # noqa: F401  (scenes is a fixture)
+from test_rgsan import RECORDS, batch_of, build
 
 from datasets.refer3d import NO_MAJORITY
 from pointcloud.rgsan import RGSANCriterion, RGSANPostprocess
@@ -81,7 +81,7 @@ def _neighbour_box(batch) -> torch.Tensor:
     return spill
 
 
-def test_snapped_postprocess_removes_spill_onto_other_instances(scenes: Path) -> None:  # noqa: F811
+def test_snapped_postprocess_removes_spill_onto_other_instances(scenes: Path) -> None:
     batch = batch_of(scenes, RECORDS)
     targets, valid = instance_center_targets(batch.coord, batch.instance, batch.point_scene, batch.sp_ins_label,
                                              batch.sp_offsets)
@@ -102,7 +102,7 @@ def test_snapped_postprocess_removes_spill_onto_other_instances(scenes: Path) ->
         RGSANPostprocess(snap_to_instances=True)(_outputs(batch, logits, None), batch)
 
 
-def test_offset_head_and_loss(scenes: Path) -> None:  # noqa: F811
+def test_offset_head_and_loss(scenes: Path) -> None:
     from grounding.text import TextEncoder
 
     batch = batch_of(scenes, RECORDS)
@@ -146,7 +146,7 @@ def test_instance_ranking_loss_by_hand() -> None:
     assert (logits.grad[:, 0, 3] == 0).all() and (logits.grad[:, 1] == 0).all()
 
 
-def test_affinity_head_and_loss(scenes: Path) -> None:  # noqa: F811
+def test_affinity_head_and_loss(scenes: Path) -> None:
     from grounding.text import TextEncoder
 
     batch = batch_of(scenes, RECORDS)
@@ -167,7 +167,7 @@ def test_affinity_head_and_loss(scenes: Path) -> None:  # noqa: F811
     assert published.sp_edges is None and "loss_affinity" not in RGSANCriterion()(published, batch)
 
 
-def test_affinity_head_learns_to_separate_the_boxes(scenes: Path) -> None:  # noqa: F811
+def test_affinity_head_learns_to_separate_the_boxes(scenes: Path) -> None:
     # The boxes stand about 0.7 m apart; 0.5 m cells make neighbouring boxes' superpoints adjacent.
     batch = batch_of(scenes, RECORDS)
     edges, contact = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.5)
@@ -193,7 +193,7 @@ def test_affinity_head_learns_to_separate_the_boxes(scenes: Path) -> None:  # no
     assert ((head(feats, edges, pairs)[ok] > 0).float() == target[ok]).all()
 
 
-def test_snapped_postprocess_with_affinity_groups(scenes: Path) -> None:  # noqa: F811
+def test_snapped_postprocess_with_affinity_groups(scenes: Path) -> None:
     batch = batch_of(scenes, RECORDS)
     edges, _ = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.1)
     target, ok = edge_targets(edges, batch.sp_ins_label)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_rgsan import RECORDS, batch_of, build, scenes  # noqa: F401  (scenes is a fixture)
+from test_rgsan import RECORDS, batch_of, build
 
 from grounding.text import TextEncoder
 from pointcloud.rgsan import RGSANCriterion
@@ -92,7 +92,7 @@ def test_object_context_rows_and_learning() -> None:
     assert (logits.argmax(-1) == target).all()
 
 
-def test_model_object_context(scenes: Path) -> None:  # noqa: F811
+def test_model_object_context(scenes: Path) -> None:
     encoder = TextEncoder()
     with pytest.raises(ValueError, match="aux_affinity"):
         build(encoder, object_context=True, aux_semantic_classes=20)
