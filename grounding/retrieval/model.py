@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from datasets.batch_boxes import RetrievalBatch
 from grounding.backbone.checkpoint import SamLoadReport
 from grounding.backbone.sam_vit import TextAwareViT
 from grounding.retrieval.box_tokens import BoxTokenizer, SimplePyramid, level_strides
 from grounding.retrieval.head import RetrievalHead
+from grounding.retrieval.spatial_prior import SpatialPrior
 from grounding.text.encoder import TextEncoder
 
 __all__ = ["BoxRetriever", "RetrievalOutputs"]
@@ -56,6 +58,9 @@ class BoxRetriever(nn.Module):
         pyramid_scales: ViTDet simple-pyramid levels (factors of the neck map's resolution, from {4, 2, 1, 0.5}).
         pyramid_dim: channels of each level (None: the backbone's ``out_chans``).
         roi_size, roi_pool, box_embedding: of the :class:`BoxTokenizer`.
+        spatial_prior: width ``c`` of a convolutional branch on the image (ViT-Adapter's spatial prior module,
+            :class:`~grounding.retrieval.spatial_prior.SpatialPrior`) whose stride-matched maps are added to the
+            pyramid levels; None (default): the pyramid alone. Trained from scratch in either case.
         freeze_backbone: no gradients through the backbone, which stays in eval mode (spec §4.6: the first runs
             on real data keep SAM frozen).
         backbone_lr_scale: learning-rate factor of the backbone's parameter group (fine-tuning pretrained SAM).
@@ -66,11 +71,14 @@ class BoxRetriever(nn.Module):
     def __init__(self, backbone: TextAwareViT, text_encoder: TextEncoder, head: RetrievalHead,
                  pyramid_scales: Sequence[float] = (2.0, 1.0, 0.5), pyramid_dim: int | None = None,
                  roi_size: int = 7, roi_pool: str = "mean", box_embedding: bool = True, freeze_backbone: bool = False,
-                 backbone_lr_scale: float = 1.0, sam_checkpoint: str | None = None) -> None:
+                 backbone_lr_scale: float = 1.0, sam_checkpoint: str | None = None,
+                 spatial_prior: int | None = None) -> None:
         super().__init__()
         self.backbone, self.text_encoder, self.head = backbone, text_encoder, head
         dim = int(pyramid_dim or backbone.out_chans)
         self.pyramid = SimplePyramid(backbone.out_chans, dim, pyramid_scales)
+        strides = [backbone.patch_size / s for s in self.pyramid.scales]
+        self.spatial_prior = None if spatial_prior is None else SpatialPrior(strides, dim, int(spatial_prior))
         self.box_tokens = BoxTokenizer(dim, len(self.pyramid.scales), head.d_model, roi_size, roi_pool,
                                        box_embedding)
         self.text_proj = nn.Linear(text_encoder.dim, head.d_model)
@@ -107,7 +115,14 @@ class BoxRetriever(nn.Module):
                 feats = self.backbone(images)
         else:
             feats = self.backbone(images)
-        return self.pyramid(feats)
+        levels = self.pyramid(feats)
+        if self.spatial_prior is None:
+            return levels
+        # the prior's maps are ceil(S / stride) a side; resample where a level's grid differs (odd canvases)
+        priors = self.spatial_prior(images)
+        return [level + (p if p.shape[-2:] == level.shape[-2:] else
+                         F.interpolate(p, size=level.shape[-2:], mode="bilinear", align_corners=False))
+                for level, p in zip(levels, priors)]
 
     def encode_boxes(self, batch: RetrievalBatch) -> Tensor:
         """(I, N, d) box tokens of the batch's candidates."""

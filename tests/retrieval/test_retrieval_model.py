@@ -38,7 +38,7 @@ def text_encoder():
     return TextEncoder(max_length=24)
 
 
-def _model(text_encoder, no_target: bool = False, pool: str = "mean") -> BoxRetriever:
+def _model(text_encoder, no_target: bool = False, pool: str = "mean", spatial_prior: int | None = None) -> BoxRetriever:
     from grounding.backbone import TextAwareViT
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def _model(text_encoder, no_target: bool = False, pool: str = "mean") -> BoxRetr
                                    out_chans=32)
     return BoxRetriever(vit, text_encoder, RetrievalHead(32, 2, 2, 64, dropout=0.0, no_target=no_target),
                         pyramid_scales=(2.0, 1.0, 0.5), pyramid_dim=16, roi_pool=pool,
-                        roi_size=3 if pool == "flatten" else 7)
+                        roi_size=3 if pool == "flatten" else 7, spatial_prior=spatial_prior)
 
 
 def _batch(tiny: Path, split: str = "train", n: int = 3, cats="all"):
@@ -92,6 +92,30 @@ def test_forward_backward_and_equivariance(tiny: Path, text_encoder, pool: str) 
     rows = batch.query_image == 0
     assert torch.allclose(moved[rows][:, :n0], ref[rows][:, perm[:n0]], atol=1e-5)
     assert torch.allclose(moved[~rows], ref[~rows], atol=1e-5)
+
+
+def test_spatial_prior_levels_and_gradients(tiny: Path, text_encoder) -> None:
+    from grounding.retrieval.spatial_prior import SpatialPrior
+
+    prior = SpatialPrior([4.0, 8.0, 16.0], dim=16, width=8)
+    maps = prior(torch.randn(2, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 16, 16), (2, 16, 8, 8), (2, 16, 4, 4)]
+    assert len(prior.stages) == 3 and set(prior.proj) == {"4", "8", "16"}  # no stride-32 stage: nothing unused
+    with pytest.raises(ValueError, match="strides"):
+        SpatialPrior([2.0, 8.0], dim=16)
+    # in the model its maps are added to the pyramid levels of the same stride (patch 8: strides 4, 8, 16)
+    model = _model(text_encoder, spatial_prior=8)
+    batch = _batch(tiny)
+    model.spatial_prior.requires_grad_(False)
+    plain = [lvl.detach() for lvl in model.pyramid(model.backbone(batch.images))]
+    with_prior = model.encode_images(batch.images)
+    added = model.spatial_prior(batch.images)
+    for lvl, p, w in zip(plain, added, with_prior):
+        assert torch.allclose(w, lvl + p, atol=1e-5)
+    model.spatial_prior.requires_grad_(True)
+    sum(RetrievalCriterion()(model(batch), batch).values()).backward()
+    for name, param in model.spatial_prior.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
 def test_loss_variants(tiny: Path) -> None:
