@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from datasets.batch2d import ReferBatch2D
 from grounding.backbone.checkpoint import SamLoadReport, load_sam_weights
 from grounding.backbone.sam_vit import TextAwareViT, TextHook
+from grounding.backbone.spatial_prior import SpatialPrior
 from grounding.text.encoder import TextEncoder
 from segmentation.mask_decoder import build_sam_mask_decoder, build_sam_prompt_encoder
 
@@ -139,13 +140,18 @@ class DIT(nn.Module):
             token's dot product, like HQ-SAM's early-feature fusion: mask edges finer than the ViT's patches.
             Not DIT's (False); with zero init the model starts as without it.
         zero_init_injection: see :class:`TextInjection` ``zero_init`` (DIT: True).
+        spatial_prior: width of ViT-Adapter's convolutional spatial prior
+            (:class:`~grounding.backbone.spatial_prior.SpatialPrior`) on the canvas pixels, whose stride-``patch``
+            map is added to the image embedding before the mask decoder: local colour and shape evidence for the
+            decoder's text-to-image attention, which a ViT trained from scratch has not learnt yet. None (default):
+            DIT's decoder input. Zero-initialised projection when ``sam_checkpoint`` is set (SAM's start kept).
     """
 
     def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
                  edit_mode: str = "code", text_slots: int = 20, dropout: float = 0.1, zero_text: bool = False,
                  prompt_encoder: PromptEncoder | None = None, mask_decoder: MaskDecoder | None = None,
                  align_corners: bool = False, sam_checkpoint: str | None = None, pixel_branch: bool = False,
-                 zero_init_injection: bool = True) -> None:
+                 zero_init_injection: bool = True, spatial_prior: int | None = None) -> None:
         super().__init__()
         if text_slots < 1:
             raise ValueError(f"DIT.text_slots must be >= 1, got {text_slots}")
@@ -173,6 +179,10 @@ class DIT(nn.Module):
                                               nn.Conv2d(2 * width, width, 3, padding=1))
             nn.init.zeros_(self.pixel_branch[-1].weight)
             nn.init.zeros_(self.pixel_branch[-1].bias)
+        self.spatial_prior = None
+        if spatial_prior is not None:
+            self.spatial_prior = SpatialPrior([float(image_encoder.patch_size)], decoder_dim, int(spatial_prior),
+                                              zero_init=sam_checkpoint is not None)
         for name, p in self.named_parameters():
             if name.startswith(_UNUSED_SAM_PREFIXES):
                 p.requires_grad_(False)
@@ -180,7 +190,7 @@ class DIT(nn.Module):
     @property
     def new_parameter_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the modules DIT adds to SAM (absent from official checkpoints)."""
-        return ("text_inject.", "text_proj.", "pixel_branch.",
+        return ("text_inject.", "text_proj.", "pixel_branch.", "spatial_prior.",
                 *(f"image_encoder.{p}" for p in self.image_encoder.new_parameter_prefixes))
 
     def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
@@ -220,6 +230,11 @@ class DIT(nn.Module):
         text, text_mask = self.encode_text(batch.texts, images.device)
         embedding = self.image_encoder(images, text_hook=self.text_inject.hook(text), text_mask=text_mask)
         h, w = embedding.shape[-2:]
+        if self.spatial_prior is not None:
+            prior = self.spatial_prior(images)[0]
+            if prior.shape[-2:] != (h, w):  # ceil(S / patch) a side on a canvas that is not a multiple of 32
+                prior = F.interpolate(prior, size=(h, w), mode="bilinear", align_corners=False)
+            embedding = embedding + prior
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0)  # (1, 256, h, w) at the run-time grid
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(B, -1, h, w)
         highres = None

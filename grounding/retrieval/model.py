@@ -25,9 +25,9 @@ from torch.nn import functional as F
 from datasets.batch_boxes import RetrievalBatch
 from grounding.backbone.checkpoint import SamLoadReport
 from grounding.backbone.sam_vit import TextAwareViT
+from grounding.backbone.spatial_prior import SpatialPrior
 from grounding.retrieval.box_tokens import BoxTokenizer, SimplePyramid, level_strides
 from grounding.retrieval.head import RetrievalHead
-from grounding.retrieval.spatial_prior import SpatialPrior
 from grounding.text.encoder import TextEncoder
 
 __all__ = ["BoxRetriever", "RetrievalOutputs"]
@@ -59,7 +59,7 @@ class BoxRetriever(nn.Module):
         pyramid_dim: channels of each level (None: the backbone's ``out_chans``).
         roi_size, roi_pool, box_embedding: of the :class:`BoxTokenizer`.
         spatial_prior: width ``c`` of a convolutional branch on the image (ViT-Adapter's spatial prior module,
-            :class:`~grounding.retrieval.spatial_prior.SpatialPrior`) whose stride-matched maps are added to the
+            :class:`~grounding.backbone.spatial_prior.SpatialPrior`) whose stride-matched maps are added to the
             pyramid levels; None (default): the pyramid alone. Trained from scratch in either case.
         freeze_backbone: no gradients through the backbone, which stays in eval mode (spec §4.6: the first runs
             on real data keep SAM frozen).

@@ -95,7 +95,7 @@ def test_forward_backward_and_equivariance(tiny: Path, text_encoder, pool: str) 
 
 
 def test_spatial_prior_levels_and_gradients(tiny: Path, text_encoder) -> None:
-    from grounding.retrieval.spatial_prior import SpatialPrior
+    from grounding.backbone.spatial_prior import SpatialPrior
 
     prior = SpatialPrior([4.0, 8.0, 16.0], dim=16, width=8)
     maps = prior(torch.randn(2, 3, 64, 64))

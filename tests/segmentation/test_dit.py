@@ -308,3 +308,33 @@ def test_pixel_branch_starts_as_sams_decoder_and_learns(text_encoder):
     loss = DITCriterion("bce")(model.train()(make_batch(images, TEXTS, gt)), make_batch(images, TEXTS, gt))
     sum(loss.values()).backward()
     assert model.pixel_branch[-1].weight.grad.abs().sum() > 0
+
+
+def test_spatial_prior_adds_to_the_decoder_input_and_learns(text_encoder):
+    """The prior's stride-``patch`` map is added to the image embedding before the mask decoder; with a SAM
+    checkpoint named its projection starts at zero (SAM's decoder input at step 0), and it gets gradients."""
+    images = torch.randn(2, 3, 128, 128)
+    batch = make_batch(images, TEXTS)
+    model = make_dit(text_encoder, spatial_prior=8).train(False)
+    assert model.spatial_prior.strides == (model.image_encoder.patch_size,)
+    assert "spatial_prior." in model.new_parameter_prefixes
+    seen: list[torch.Tensor] = []
+    handle = model.mask_decoder.transformer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(batch)
+        text, mask = model.encode_text(batch.texts, images.device)
+        embedding = model.image_encoder(images, text_hook=model.text_inject.hook(text), text_mask=mask)
+        prior = model.spatial_prior(images)[0]
+    handle.remove()
+    dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    assert prior.abs().sum() > 0 and torch.allclose(seen[0], embedding + prior + dense, atol=1e-5)
+    zero = make_dit(text_encoder, spatial_prior=8, sam_checkpoint="unused.pth").train(False)
+    plain = make_dit(text_encoder).train(False)
+    zero.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        assert torch.equal(zero(batch).pred_logits, plain(batch).pred_logits)
+    gt = torch.zeros(2, 128, 128)
+    gt[:, 40:80, 30:90] = 1.0
+    loss = DITCriterion("bce")(zero.train()(make_batch(images, TEXTS, gt)), make_batch(images, TEXTS, gt))
+    sum(loss.values()).backward()
+    assert zero.spatial_prior.proj[str(zero.image_encoder.patch_size)].weight.grad.abs().sum() > 0

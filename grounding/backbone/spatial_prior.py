@@ -1,10 +1,11 @@
-"""Convolutional spatial prior for the box tokens (ViT-Adapter's Spatial Prior Module, Chen et al., ICLR 2023).
+"""Convolutional spatial prior beside the ViT (ViT-Adapter's Spatial Prior Module, Chen et al., ICLR 2023).
 
 A plain ViT sees the image through ``patch x patch`` tokens only; its pyramid levels finer than the patch are
 upsampled from them. ViT-Adapter adds a small ResNet-style convolutional branch on the *image* that gives real
-stride 4 / 8 / 16 / 32 maps with local detail (edges, colour regions, small shapes). Here those maps are added to
-the ViTDet pyramid level of the same stride before RoI-align (ViT-Adapter injects them into the ViT through
-deformable attention; a sum at matched strides keeps the box tokens' size and costs nothing at the RoIs).
+stride 4 / 8 / 16 / 32 maps with local detail (edges, colour regions, small shapes). The heads add those maps to
+their own features of the same stride (ViT-Adapter injects them into the ViT through deformable attention; a sum at
+matched strides keeps every size as it was): box retrieval to the ViTDet pyramid levels before RoI-align
+(``grounding.retrieval.BoxRetriever``), DIT to the image embedding before SAM's mask decoder (``segmentation.DIT``).
 
 Layout (widths ``c``, 2c, 4c, 4c as ViT-Adapter's ``inplanes`` 64):
 stem = 3x3/2 conv -> norm -> ReLU -> 3x3 conv -> norm -> ReLU -> 3x3 conv -> norm -> ReLU -> 3x3/2 max-pool (stride 4);
@@ -38,9 +39,12 @@ class SpatialPrior(nn.Module):
         dim: output channels (the pyramid's level width, so the maps add to its levels).
         width: ``c``, the stem's width (ViT-Adapter: 64).
         in_chans: image channels.
+        zero_init: zero the 1 x 1 projections, so that a model with pretrained weights starts exactly as without
+            the prior (the projections still get gradients from the first step).
     """
 
-    def __init__(self, strides: Sequence[float], dim: int, width: int = 64, in_chans: int = 3) -> None:
+    def __init__(self, strides: Sequence[float], dim: int, width: int = 64, in_chans: int = 3,
+                 zero_init: bool = False) -> None:
         super().__init__()
         wanted = [int(round(s)) for s in strides]
         bad = [s for s, w in zip(strides, wanted) if w not in STRIDES or abs(s - w) > 1e-6]
@@ -55,6 +59,9 @@ class SpatialPrior(nn.Module):
             stages.append(nn.Sequential(*_conv(widths[k - 1], widths[k], 2)))
         self.stages = nn.ModuleList(stages)
         self.proj = nn.ModuleDict({str(s): nn.Conv2d(widths[STRIDES.index(s)], dim, 1) for s in sorted(set(wanted))})
+        for proj in self.proj.values() if zero_init else ():
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(B, in_chans, S, S) -> [(B, dim, S / stride, S / stride) for each stride in ``strides``]."""
