@@ -231,10 +231,7 @@ class DIT(nn.Module):
         embedding = self.image_encoder(images, text_hook=self.text_inject.hook(text), text_mask=text_mask)
         h, w = embedding.shape[-2:]
         if self.spatial_prior is not None:
-            prior = self.spatial_prior(images)[0]
-            if prior.shape[-2:] != (h, w):  # ceil(S / patch) a side on a canvas that is not a multiple of 32
-                prior = F.interpolate(prior, size=(h, w), mode="bilinear", align_corners=False)
-            embedding = embedding + prior
+            embedding = self.spatial_prior.add_to([embedding], images)[0]
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0)  # (1, 256, h, w) at the run-time grid
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(B, -1, h, w)
         highres = None

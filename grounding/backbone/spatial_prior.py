@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = ["SpatialPrior"]
 
@@ -72,3 +73,16 @@ class SpatialPrior(nn.Module):
             if str(stride) in self.proj:
                 maps[stride] = self.proj[str(stride)](x)
         return [maps[s] for s in self.strides]
+
+    def add_to(self, features: Sequence[Tensor], images: Tensor) -> list[Tensor]:
+        """``features[i]`` (B, dim, h_i, w_i) plus the map of ``strides[i]`` computed from ``images``.
+
+        The prior's maps are ceil(S / stride) a side; where a feature grid differs (a canvas that is not a
+        multiple of the largest stride) the map is resampled bilinearly to it.
+        """
+        priors = self(images)
+        if len(priors) != len(features):
+            raise ValueError(f"SpatialPrior: {len(features)} feature maps for {len(priors)} strides {self.strides}")
+        return [f + (p if p.shape[-2:] == f.shape[-2:] else
+                     F.interpolate(p, size=f.shape[-2:], mode="bilinear", align_corners=False))
+                for f, p in zip(features, priors)]

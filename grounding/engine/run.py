@@ -182,7 +182,7 @@ def format_metrics(result: dict[str, Any]) -> str:
     lines += ["", "definitions:"] + [f"  {n}: {defs[n]}" for n in dict.fromkeys(names + extra_names) if n in defs]
     samples = result.get("samples")
     if samples:
+        problem = coverage_problem(samples)
         lines += ["", f"samples: {samples['evaluated']} of {samples['expected']} evaluated"
-                  + (f"; NOT EVALUATED OR COUNTED TWICE: {coverage_problem(samples)}" if coverage_problem(samples)
-                     else " (each exactly once)")]
+                  + (f"; NOT EVALUATED OR COUNTED TWICE: {problem}" if problem else " (each exactly once)")]
     return "\n".join(lines)

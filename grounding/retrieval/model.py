@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from datasets.batch_boxes import RetrievalBatch
 from grounding.backbone.checkpoint import SamLoadReport
@@ -116,13 +115,7 @@ class BoxRetriever(nn.Module):
         else:
             feats = self.backbone(images)
         levels = self.pyramid(feats)
-        if self.spatial_prior is None:
-            return levels
-        # the prior's maps are ceil(S / stride) a side; resample where a level's grid differs (odd canvases)
-        priors = self.spatial_prior(images)
-        return [level + (p if p.shape[-2:] == level.shape[-2:] else
-                         F.interpolate(p, size=level.shape[-2:], mode="bilinear", align_corners=False))
-                for level, p in zip(levels, priors)]
+        return levels if self.spatial_prior is None else self.spatial_prior.add_to(levels, images)
 
     def encode_boxes(self, batch: RetrievalBatch) -> Tensor:
         """(I, N, d) box tokens of the batch's candidates."""

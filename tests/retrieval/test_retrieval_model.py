@@ -103,6 +103,17 @@ def test_spatial_prior_levels_and_gradients(tiny: Path, text_encoder) -> None:
     assert len(prior.stages) == 3 and set(prior.proj) == {"4", "8", "16"}  # no stride-32 stage: nothing unused
     with pytest.raises(ValueError, match="strides"):
         SpatialPrior([2.0, 8.0], dim=16)
+    # a canvas that is not a multiple of 16: the stride-16 map is 5 x 5 where the features are 4 x 4 -> resampled
+    odd = torch.randn(2, 3, 72, 72)
+    small = SpatialPrior([16.0], dim=16, width=8)
+    feats = torch.randn(2, 16, 4, 4)
+    (out,) = small.add_to([feats], odd)
+    raw = small(odd)[0]
+    assert raw.shape[-2:] == (5, 5)
+    expected = feats + torch.nn.functional.interpolate(raw, size=(4, 4), mode="bilinear", align_corners=False)
+    assert torch.allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="feature maps"):
+        small.add_to([feats, feats], odd)
     # in the model its maps are added to the pyramid levels of the same stride (patch 8: strides 4, 8, 16)
     model = _model(text_encoder, spatial_prior=8)
     batch = _batch(tiny)
