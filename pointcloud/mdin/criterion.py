@@ -21,6 +21,12 @@ Terms (per prediction p = 0..L, weighted (p + 1) / (L + 1) and summed: deep supe
   ``eos_coef`` 0.1); summed / n_pairs.
 - ``loss_contrastive``: :func:`.contrastive.semantic_consistency_loss` / n_pairs.
 
+Once per batch, only for the scene-object heads of a model built with them (not published):
+``loss_semantic``, ``loss_affinity``, ``loss_object_class`` (:func:`pointcloud.rgsan.scene_objects.object_terms`; class
+weights ``n_c^-semantic_balance`` in ``loss_semantic``); with ``MDIN(class_match=True)`` also ``loss_text_class``:
+cross-entropy of the text class logits against the majority semantic label of the description's target points
+(descriptions without targets, or whose targets have no labelled point, are ignored).
+
 Final prediction only (the sampler runs before the decoder):
 
 - ``loss_sampler``: sigmoid focal loss (alpha 0.25, gamma 2) of the seed logits against soft targets:
@@ -43,6 +49,7 @@ from datasets.batch3d import ReferBatch3D
 from grounding.tokens import batched_gather
 from pointcloud.mdin.assign import Assignment, assign_targets, object_centres, pair_gt_masks
 from pointcloud.mdin.contrastive import semantic_consistency_loss
+from pointcloud.rgsan.scene_objects import IGNORE, object_terms
 from pointcloud.superpoint_pool import pad_by_offsets
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,20 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     p_t = p * targets + (1 - p) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
     return alpha_t * ce * (1 - p_t) ** gamma
+
+
+def target_classes(batch: ReferBatch3D, num_classes: int) -> Tensor:
+    """(D,) int64 majority semantic label in [0, C) of each description's target points; ``IGNORE`` without any."""
+    out = torch.full((len(batch.records),), IGNORE, dtype=torch.long)
+    for d, ids in enumerate(batch.object_ids):
+        if not ids:
+            continue
+        pts = batch.point_slice(int(batch.desc_scene[d]))
+        inst, sem = batch.instance[pts], batch.semantic[pts]
+        on = torch.isin(inst, torch.as_tensor(list(ids), dtype=inst.dtype)) & (sem >= 0) & (sem < num_classes)
+        if bool(on.any()):
+            out[d] = int(torch.bincount(sem[on], minlength=num_classes).argmax())
+    return out
 
 
 def total_pairs(count: int, device: torch.device, synchronise: bool = True) -> Tensor:
@@ -94,13 +115,17 @@ class MDINCriterion(nn.Module):
         global_pair_count: in data-parallel training normalise by the global batch's pairs (True, spec §6.7; see
             the module docstring). False: each process by its own, which is what gradient accumulation does, so a
             W-process run equals one process accumulating W batches (tests/engine/test_ddp_experiments.py).
+        semantic_balance: exponent of the class weights of ``loss_semantic`` (models with a semantic head only).
     """
 
     def __init__(self, iou_threshold: float = 0.5, eos_coef: float = 0.1, temperature: float = 0.07,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, parity_normalisation: bool = False,
                  replicate_mdin_gt_index_bug: bool = False, deep_supervision: bool = True,
-                 global_pair_count: bool = True) -> None:
+                 global_pair_count: bool = True, semantic_balance: float = 0.0) -> None:
         super().__init__()
+        if semantic_balance < 0:
+            raise ValueError(f"MDINCriterion.semantic_balance must be >= 0, got {semantic_balance}")
+        self.semantic_balance = float(semantic_balance)
         self.iou_threshold = iou_threshold
         self.eos_coef = eos_coef
         self.temperature = temperature
@@ -217,4 +242,10 @@ class MDINCriterion(nn.Module):
         terms["loss_sampler"] = self._sampler(outputs, batch, seeds, seed_ctr)
         terms["loss_bce"] = terms["loss_bce"] + _zero_anchor(outputs.pred_masks)
         terms["loss_score"] = terms["loss_score"] + _zero_anchor(outputs.pred_scores)
+        terms.update(object_terms(outputs, batch, self.semantic_balance))
+        text_class = getattr(outputs, "text_class_logits", None)
+        if text_class is not None:
+            labels = target_classes(batch, text_class.shape[1]).to(text_class.device)
+            terms["loss_text_class"] = (F.cross_entropy(text_class, labels, ignore_index=IGNORE)
+                                        if bool((labels >= 0).any()) else text_class.sum() * 0.0)
         return terms

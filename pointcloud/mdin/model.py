@@ -26,13 +26,11 @@ from pointcloud.mdin.decoder import MDINDecoderLayer, MDINHeads, attention_mask_
 from pointcloud.mdin.fps import batched_fps
 from pointcloud.mdin.phrases import NO_OBJECT_SUFFIX, SETS, phrase_sets
 from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
+from pointcloud.rgsan.affinity import AffinityHead
+from pointcloud.rgsan.objects import ObjectContext
+from pointcloud.rgsan.scene_objects import scene_objects
 from pointcloud.rgsan.tlm import mlp
-from pointcloud.superpoint_pool import (
-    SUPERPOINT_GEOMETRY_DIM,
-    backbone_superpoints,
-    pad_by_offsets,
-    superpoint_geometry,
-)
+from pointcloud.superpoint_pool import SUPERPOINT_GEOMETRY_DIM, backbone_superpoints, pad_by_offsets
 
 TASK_TYPES = ("gres", "res")
 
@@ -56,6 +54,11 @@ class MDINOutputs:
         seed_sp: (D, K) int64 scene-local superpoint index of every seed; seed_valid: (D, K) bool.
         seed_scores: (D, K) softmax-sum relevance (the ranking), seed_logits: (D, K) its logit (max over words of
             the scaled dot product) for the sampler loss.
+        sp_semantic_logits, sp_edges, sp_edge_logits, object_groups, object_logits: the scene-object heads'
+            outputs (:class:`pointcloud.rgsan.scene_objects.SceneObjects`), None when the heads are off.
+        text_class_logits: (D, C) class of the referred object(s) read from the main words (``class_match``).
+        query_class_match: (D, Q) probability that the object of each query's seed is of that class
+            (``class_match``); its log-odds, scaled, are already added to ``pred_indicator[..., 1]``.
     """
 
     pred_masks: Tensor
@@ -72,6 +75,13 @@ class MDINOutputs:
     seed_valid: Tensor
     seed_scores: Tensor
     seed_logits: Tensor
+    sp_semantic_logits: Tensor | None = None
+    sp_edges: Tensor | None = None
+    sp_edge_logits: Tensor | None = None
+    object_groups: Tensor | None = None
+    object_logits: Tensor | None = None
+    text_class_logits: Tensor | None = None
+    query_class_match: Tensor | None = None
 
 
 class MDIN(nn.Module):
@@ -93,6 +103,17 @@ class MDIN(nn.Module):
         backbone_checkpoint: SPFormer checkpoint whose U-Net keys :meth:`load_pretrained` loads.
         backbone_lr_mult, text_lr_mult: learning-rate scales of :meth:`param_groups` (0.01, 0.001).
         fps_start: index of the first FPS seed (0).
+        aux_semantic_classes, aux_affinity, affinity_cell, object_context: the scene-object heads of
+            :mod:`pointcloud.rgsan.scene_objects` (superpoint semantics, superpoint affinity, object classification with
+            its class probabilities and geometry appended to each superpoint's features before ``inst_feats``).
+            Not published (0 / False): they stand in for the SPFormer-pretrained U-Net when it is trained from
+            scratch. ``MDINPostprocess(object_answers=True)`` needs ``aux_affinity``.
+        class_match: (needs ``object_context``; not published) a linear head reads the referred class from the
+            main words (mean of their features, ``loss_text_class``), each query's seed object has class
+            probabilities from the object context, and the log-odds of their agreement
+            ``m = sum_c p_text(c) p_object(c)`` times a learned scale (initially 1) is added to the target logit of
+            every prediction. It gives the indicator the class cue that the class-name baseline lives on, as an
+            explicit product, instead of leaving it to be found through attention in a few hundred steps.
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -101,16 +122,32 @@ class MDIN(nn.Module):
                  parser_model: str | None = None, max_words: int = 78, superpoint_geometry: bool = False,
                  parity_residual_only: bool = False, parity_triple_residual: bool = False,
                  backbone_checkpoint: str | None = None, backbone_lr_mult: float = 0.01,
-                 text_lr_mult: float = 0.001, fps_start: int = 0, parse_cache_size: int = 200_000) -> None:
+                 text_lr_mult: float = 0.001, fps_start: int = 0, parse_cache_size: int = 200_000,
+                 aux_semantic_classes: int = 0, aux_affinity: bool = False, affinity_cell: float = 0.05,
+                 object_context: bool = False, class_match: bool = False) -> None:
         super().__init__()
+        if class_match and not object_context:
+            raise ValueError("MDIN(class_match=True) compares the text's class with each seed object's class from "
+                             "the object context: it needs object_context=True")
+        if object_context and (not aux_affinity or aux_semantic_classes <= 0):
+            raise ValueError("MDIN(object_context=True) groups superpoints by the affinity head outside training "
+                             "and classifies the groups into the semantic classes: it needs aux_affinity=True and "
+                             f"aux_semantic_classes > 0 (got {aux_affinity}, {aux_semantic_classes})")
         if task_type not in TASK_TYPES:
             raise ValueError(f"MDIN.task_type must be one of {TASK_TYPES}, got {task_type!r}")
         if num_queries > num_seeds:
             raise ValueError(f"MDIN: num_queries ({num_queries}) cannot exceed num_seeds ({num_seeds})")
         self.backbone = backbone
         self.text_encoder = text_encoder
-        sp_channels = int(getattr(backbone, "out_channels", 32)) + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry
-                                                                     else 0)
+        unet_channels = int(getattr(backbone, "out_channels", 32))
+        self.semantic_head = nn.Linear(unet_channels, aux_semantic_classes) if aux_semantic_classes > 0 else None
+        self.affinity_head = AffinityHead(unet_channels) if aux_affinity else None
+        self.object_context = ObjectContext(unet_channels, aux_semantic_classes) if object_context else None
+        self.affinity_cell = affinity_cell
+        self.text_class_head = nn.Linear(d_model, aux_semantic_classes) if class_match else None
+        self.class_match_scale = nn.Parameter(torch.ones(())) if class_match else None
+        sp_channels = (unet_channels + (SUPERPOINT_GEOMETRY_DIM if superpoint_geometry else 0)
+                       + (self.object_context.out_channels if self.object_context is not None else 0))
         self.inst_proj = nn.Sequential(nn.Linear(sp_channels, d_model), nn.LayerNorm(d_model), nn.ReLU())
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, d_model), nn.LayerNorm(d_model))
         self.sampler = TextGuidedTopK(k=num_queries, mode="gather", score_fn="softmax_sum", text_dim=d_model,
@@ -164,6 +201,24 @@ class MDIN(nn.Module):
             sets["no_object"][i, [n + 1, n + 2]] = True  # "not", "mentioned" after the "."
         return words, valid, {k: v.to(device) & valid for k, v in sets.items()}
 
+    def _class_match(self, words: Tensor, main: Tensor, valid: Tensor, context: Tensor, sp_offsets: Tensor,
+                     scene: Tensor, query_sp: Tensor) -> tuple[Tensor, Tensor]:
+        """Text class logits (D, C) and the class agreement (D, Q) of each query's seed object (``class_match``).
+
+        Args:
+            words: (D, T, d) projected word features; main: (D, T) bool main words (all valid words where a
+                description has none); valid: (D, T); context: (S, C + 9) object context (class probabilities
+                first); sp_offsets: (B + 1,); scene: (D,) scene of each description; query_sp: (D, Q) local seeds.
+        """
+        use = torch.where(main.any(1, keepdim=True), main, valid).to(words.dtype)  # (D, T)
+        pooled = (words * use[..., None]).sum(1) / use.sum(1, keepdim=True).clamp_min(1.0)
+        text_class = self.text_class_head(pooled)  # (D, C)
+        num_classes = text_class.shape[1]
+        obj_class, _ = pad_by_offsets(context[:, :num_classes], sp_offsets)  # (B, S, C)
+        seed_class = batched_gather(obj_class[scene], query_sp)  # (D, Q, C)
+        match = (seed_class * text_class.softmax(-1)[:, None, :]).sum(-1)
+        return text_class, match
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: ReferBatch3D) -> MDINOutputs:
         """Run the model on B scenes and D descriptions (see :class:`MDINOutputs`)."""
@@ -171,11 +226,13 @@ class MDIN(nn.Module):
             raise ValueError(f"MDIN needs superpoints, but the batch of scenes {batch.scene_ids} has none")
         device = batch.voxel_feats.device
         sp = backbone_superpoints(self.backbone, batch)
-        num_sp = sp.shape[0]
-        if self.superpoint_geometry:
-            sp = torch.cat([sp, superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene,
-                                                    num_sp)], 1)
-        inst, sp_valid = pad_by_offsets(self.inst_proj(sp), batch.sp_offsets)  # (B, S, d)
+        objects = scene_objects(sp, batch, semantic_head=self.semantic_head, affinity_head=self.affinity_head,
+                                object_context=self.object_context, affinity_cell=self.affinity_cell,
+                                need_geometry=self.superpoint_geometry, training=self.training)
+        sp_in = torch.cat([sp, objects.geometry], 1) if self.superpoint_geometry else sp
+        if objects.context is not None:
+            sp_in = torch.cat([sp_in, objects.context], 1)
+        inst, sp_valid = pad_by_offsets(self.inst_proj(sp_in), batch.sp_offsets)  # (B, S, d)
         centres, _ = pad_by_offsets(batch.sp_center.to(device, sp.dtype), batch.sp_offsets)  # (B, S, 3) metres
         scene = batch.desc_scene.to(device)
         sp_pad = ~sp_valid[scene]  # (D, S)
@@ -187,6 +244,7 @@ class MDIN(nn.Module):
         seed_sp, seed_valid = seeds[scene], seed_valid_b[scene]
 
         words, word_valid, word_sets = self._text(batch.texts, device)
+        main_words = words  # before the decoder's language updates
 
         # Text-driven sampler: the shared text-guided compressor with MDIN's softmax-sum score.
         k = seed_feats.shape[1]
@@ -209,10 +267,20 @@ class MDIN(nn.Module):
             queries, words = layer(queries, words, word_pad, inst_d, sp_pad, attn)
             preds.append(self.heads(queries, mask_keys))
         masks = torch.stack([p["masks"] for p in preds]).masked_fill(sp_pad[None, :, None, :], -1e4)
+        indicator = torch.stack([p["indicator"] for p in preds])
+        text_class = match = None
+        if self.text_class_head is not None:
+            text_class, match = self._class_match(main_words, word_sets["main"], word_valid, objects.context,
+                                                  batch.sp_offsets, scene, query_sp)
+            log_odds = torch.logit(match.clamp(1e-4, 1 - 1e-4)) * self.class_match_scale
+            indicator = torch.stack([indicator[..., 0], indicator[..., 1] + log_odds[None]], -1)
         return MDINOutputs(
             pred_masks=masks, pred_scores=torch.stack([p["scores"] for p in preds]),
-            pred_indicator=torch.stack([p["indicator"] for p in preds]),
+            pred_indicator=indicator,
             query_proj=torch.stack([p["proj"] for p in preds]),
             token_proj=nn.functional.normalize(self.token_proj(words), dim=-1), word_valid=word_valid,
             word_sets=word_sets, sp_padding=sp_pad, query_valid=query_valid, query_sp=query_sp, seed_sp=seed_sp,
-            seed_valid=seed_valid, seed_scores=seed_scores, seed_logits=seed_logits)
+            seed_valid=seed_valid, seed_scores=seed_scores, seed_logits=seed_logits,
+            sp_semantic_logits=objects.semantic_logits, sp_edges=objects.edges, sp_edge_logits=objects.edge_logits,
+            object_groups=objects.groups, object_logits=objects.object_logits, text_class_logits=text_class,
+            query_class_match=match)

@@ -16,6 +16,15 @@ joins the first object whose mask its own overlaps with IoU > ``object_iou``, el
 object's mask is the union of its members, restricted to the final union mask. Several queries are trained on
 one object (the assignment pairs a nearest query and every in-object query with it), so their masks coincide.
 The objects are for rendering and inspection; the evaluated answer is the union.
+
+Object answers (``object_answers=True``; an addition, not published; needs a model with ``aux_affinity``): the
+superpoints are grouped into objects by average linkage of the predicted affinities
+(:func:`pointcloud.rgsan.affinity.group_superpoints`), and each query speaks for the object its *seed* lies in,
+which is the object the assignment trains it on (its own instance for in-object queries). An object is a target
+when the mean target probability of the queries seeded in it reaches 0.5 (``target_threshold`` when set); the
+answer is the union of the target objects, whole, and the objects are those groups. Objects no query is seeded in
+cannot be answered. ``task_type="res"`` answers with the object of the most confident query. The empty rules
+(no target object, fewer than ``min_points`` points) are the same.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from torch import Tensor
 
 from datasets.batch3d import ReferBatch3D
 from datasets.pointmask import mask_to_rle
+from pointcloud.rgsan.affinity import group_superpoints
 
 
 @dataclass
@@ -39,7 +49,8 @@ class MDINPrediction:
         pred_mask: (N_original,) bool over the prepared scene's original point order (all False = no target).
         no_target: the model answered "no target" (no query selected, or fewer than ``min_points`` points).
         objects: per predicted object, (N_original,) bool (empty when ``no_target``).
-        num_selected: queries judged targets; score: the highest target probability among the queries.
+        num_selected: queries judged targets (objects judged targets with ``object_answers``).
+        score: the highest target probability among the queries.
     """
 
     sample_id: str
@@ -97,10 +108,13 @@ class MDINPostprocess:
         min_points: the empty rule's point floor (50; fewer predicted points -> "no target"; 0 disables it).
         target_threshold: None = indicator argmax (published); else ``p(target) >= target_threshold``.
         object_iou: IoU above which two selected queries' masks count as one object.
+        object_answers: answer with whole predicted objects chosen by the vote of the queries seeded in them
+            (module docstring); affinity_threshold: groups of superpoints merge while their mean affinity is above.
     """
 
     def __init__(self, task_type: str = "gres", threshold: float = 0.5, min_points: int = 50,
-                 target_threshold: float | None = None, object_iou: float = 0.5) -> None:
+                 target_threshold: float | None = None, object_iou: float = 0.5, object_answers: bool = False,
+                 affinity_threshold: float = 0.5) -> None:
         if task_type not in ("gres", "res"):
             raise ValueError(f"MDINPostprocess.task_type must be 'gres' or 'res', got {task_type!r}")
         if not 0.0 < threshold < 1.0:
@@ -108,7 +122,33 @@ class MDINPostprocess:
         if min_points < 0:
             raise ValueError(f"MDINPostprocess.min_points must be >= 0, got {min_points}")
         self.task_type, self.threshold, self.min_points = task_type, threshold, min_points
+        if not 0.0 <= affinity_threshold < 1.0:
+            raise ValueError(f"MDINPostprocess.affinity_threshold must lie in [0, 1), got {affinity_threshold}")
         self.target_threshold, self.object_iou = target_threshold, object_iou
+        self.object_answers, self.affinity_threshold = object_answers, affinity_threshold
+
+    def vote_objects(self, groups: Tensor, query_sp: Tensor, prob: Tensor, valid: Tensor) -> list[tuple[int, float]]:
+        """Target objects of one description by the vote of their seeded queries.
+
+        Args:
+            groups: (S,) int64 object of each of the scene's superpoints; query_sp: (Q,) scene-local seed
+                superpoint of each query; prob: (Q,) target probabilities; valid: (Q,) bool real queries.
+
+        Returns:
+            ``[(object id, mean probability), ...]`` of the target objects, most probable first (for ``res``: the
+            most confident query's object alone).
+        """
+        if not bool(valid.any()):
+            return []
+        q_obj, q_prob = groups[query_sp[valid]], prob[valid]
+        if self.task_type == "res":
+            best = int(q_prob.argmax())
+            return [(int(q_obj[best]), float(q_prob[best]))]
+        ids, inverse = torch.unique(q_obj, return_inverse=True)
+        mean = q_prob.new_zeros(len(ids)).index_add_(0, inverse, q_prob) / torch.bincount(inverse).to(q_prob.dtype)
+        th = 0.5 if self.target_threshold is None else self.target_threshold
+        order = torch.argsort(mean, descending=True, stable=True)
+        return [(int(ids[i]), float(mean[i])) for i in order.tolist() if float(mean[i]) >= th]
 
     def select(self, indicator: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """(D, Q) bool selected queries and (D, Q) target probabilities from (D, Q, 2) logits."""
@@ -122,6 +162,8 @@ class MDINPostprocess:
         return (prob >= self.target_threshold) & valid, prob
 
     def __call__(self, outputs: Any, batch: ReferBatch3D) -> list[MDINPrediction]:
+        if self.object_answers:
+            return self._object_answer_predictions(outputs, batch)
         masks = outputs.pred_masks[-1].detach()  # (D, Q, S)
         selected, prob = self.select(outputs.pred_indicator[-1].detach(), outputs.query_valid)
         logit_th = torch.logit(torch.tensor(self.threshold)).item()
@@ -150,5 +192,39 @@ class MDINPostprocess:
                     sample_id=rec.sample_id, scene_id=rec.scene_id, description=rec.description,
                     pred_mask=batch.to_original_points(point_mask, b, fill=False).cpu(), no_target=no_target,
                     objects=objects, num_selected=int(selected[d].sum()), score=float(prob[d].max()),
+                    eval_type=rec.eval_type, gt_object_ids=tuple(rec.object_ids)))
+        return out
+
+    def _object_answer_predictions(self, outputs: Any, batch: ReferBatch3D) -> list[MDINPrediction]:
+        """``object_answers=True``: whole predicted objects chosen by their seeded queries' vote."""
+        if getattr(outputs, "sp_edge_logits", None) is None:
+            raise ValueError("MDINPostprocess(object_answers=True) needs a model built with aux_affinity=True (the "
+                             "outputs carry no superpoint affinities to group objects with)")
+        prob = outputs.pred_indicator[-1].detach().float().softmax(-1)[..., 1] * outputs.query_valid
+        groups = group_superpoints(outputs.sp_edges, outputs.sp_edge_logits.detach().sigmoid(), batch.sp_offsets,
+                                   self.affinity_threshold).to(prob.device)
+        out: list[MDINPrediction] = []
+        desc, offsets = batch.desc_offsets.tolist(), batch.sp_offsets.tolist()
+        for b in range(batch.num_scenes):
+            if desc[b] == desc[b + 1]:
+                continue
+            lo, hi = offsets[b], offsets[b + 1]
+            local_groups = groups[lo:hi] - lo  # (S_b,) object of each superpoint, named by its smallest local id
+            local = (batch.superpoint[batch.point_slice(b)] - batch.sp_offsets[b]).to(prob.device)
+            for d in range(desc[b], desc[b + 1]):
+                rec = batch.records[d]
+                chosen = self.vote_objects(local_groups, outputs.query_sp[d], prob[d], outputs.query_valid[d])
+                point_group = local_groups[local]  # (P_b,) object of each point
+                obj_points = [point_group == g for g, _ in chosen]
+                point_mask = (torch.stack(obj_points).any(0) if obj_points
+                              else torch.zeros_like(point_group, dtype=torch.bool))
+                no_target = not chosen or int(point_mask.sum()) < self.min_points
+                if no_target:
+                    point_mask, obj_points = torch.zeros_like(point_mask), []
+                out.append(MDINPrediction(
+                    sample_id=rec.sample_id, scene_id=rec.scene_id, description=rec.description,
+                    pred_mask=batch.to_original_points(point_mask, b, fill=False).cpu(), no_target=no_target,
+                    objects=[batch.to_original_points(m, b, fill=False).cpu() for m in obj_points],
+                    num_selected=len(chosen), score=float(prob[d].max()) if prob.shape[1] else 0.0,
                     eval_type=rec.eval_type, gt_object_ids=tuple(rec.object_ids)))
         return out

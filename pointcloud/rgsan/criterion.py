@@ -50,44 +50,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasets.refer3d import NO_CENTER
-from pointcloud.rgsan.affinity import edge_targets
 from pointcloud.rgsan.instances import instance_center_targets, instance_ranking_loss
+from pointcloud.rgsan.scene_objects import IGNORE, balanced_class_weights, object_terms, superpoint_majority
 from pointcloud.superpoint_pool import superpoint_counts
 
+__all__ = ["IGNORE", "RGSANCriterion", "balanced_class_weights", "superpoint_iou", "superpoint_majority"]
+
 IOU_EPS = 1e-6
-IGNORE = -100  # semantic label of unannotated points (data spec §2) and of superpoints without any
-
-
-def superpoint_majority(point_label: Tensor, superpoint: Tensor, num_sp: int, num_classes: int) -> Tensor:
-    """(S,) int64 majority label of each superpoint's points; ``IGNORE`` where no point has a label in [0, C).
-
-    Args:
-        point_label: (P,) int64 labels, ``IGNORE`` (or anything outside [0, C)) for unlabelled points.
-        superpoint: (P,) int64 superpoint id of each point, in [0, S).
-    """
-    ok = (point_label >= 0) & (point_label < num_classes)
-    counts = torch.zeros(num_sp * num_classes, dtype=torch.long, device=point_label.device)
-    counts.index_add_(0, superpoint[ok] * num_classes + point_label[ok], torch.ones_like(point_label[ok]))
-    counts = counts.view(num_sp, num_classes)
-    best = counts.argmax(1)  # ties -> the smallest class id, deterministically
-    return torch.where(counts.sum(1) > 0, best, torch.full_like(best, IGNORE))
-
-
-def balanced_class_weights(labels: Tensor, num_classes: int, power: float) -> Tensor | None:
-    """(C,) weights ``n_c^-power`` from the batch's label counts, with ``sum_s w[label_s] = #labelled``.
-
-    Returns None when ``power`` is 0 (plain cross-entropy). Classes absent from the batch get weight 0.
-
-    Args:
-        labels: (S,) int64 superpoint labels, ``IGNORE`` for unlabelled ones.
-    """
-    if power == 0.0:
-        return None
-    ok = labels >= 0
-    counts = torch.bincount(labels[ok], minlength=num_classes).float()
-    weights = torch.where(counts > 0, counts.clamp_min(1.0).pow(-power), torch.zeros_like(counts))
-    total = (weights * counts).sum()
-    return weights * (counts.sum() / total) if bool(total > 0) else weights
 
 
 def superpoint_iou(logits: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
@@ -158,13 +127,7 @@ class RGSANCriterion(nn.Module):
             loss_position = positions.new_zeros(())  # the engine still logs (and weights) the term
         terms = {"loss_bce": loss_bce, "loss_dice": loss_dice, "loss_score": loss_score,
                  "loss_position": loss_position}
-        sem = getattr(outputs, "sp_semantic_logits", None)
-        if sem is not None:
-            labels = superpoint_majority(batch.semantic.to(sem.device), batch.superpoint.to(sem.device),
-                                         sem.shape[0], sem.shape[1])
-            weight = balanced_class_weights(labels, sem.shape[1], self.semantic_balance)
-            terms["loss_semantic"] = (F.cross_entropy(sem, labels, weight=weight, ignore_index=IGNORE)
-                                      if bool((labels >= 0).any()) else sem.sum() * 0.0)
+        terms.update(object_terms(outputs, batch, self.semantic_balance))  # semantic, affinity, object class
         centres = getattr(outputs, "sp_instance_centers", None)
         if centres is not None:
             # L1 (summed over axes) to the centre of the superpoint's majority instance, mean over superpoints
@@ -175,18 +138,6 @@ class RGSANCriterion(nn.Module):
                                                  batch.sp_offsets.to(dev))
             terms["loss_offset"] = ((centres - target).abs().sum(-1)[ok].mean() if bool(ok.any())
                                     else centres.sum() * 0.0)
-        edge_logits = getattr(outputs, "sp_edge_logits", None)
-        if edge_logits is not None:
-            target, ok = edge_targets(outputs.sp_edges, batch.sp_ins_label.to(edge_logits.device))
-            terms["loss_affinity"] = (F.binary_cross_entropy_with_logits(edge_logits[ok], target[ok])
-                                      if bool(ok.any()) else edge_logits.sum() * 0.0)
-        object_logits = getattr(outputs, "object_logits", None)
-        if object_logits is not None:
-            dev = object_logits.device
-            labels = superpoint_majority(batch.semantic.to(dev), outputs.object_groups[batch.superpoint.to(dev)],
-                                         object_logits.shape[0], object_logits.shape[1])
-            terms["loss_object_class"] = (F.cross_entropy(object_logits, labels, ignore_index=IGNORE)
-                                          if bool((labels >= 0).any()) else object_logits.sum() * 0.0)
         if self.instance_ranking:
             sizes = superpoint_counts(batch.superpoint, int(batch.sp_offsets[-1]))
             terms["loss_instance"] = instance_ranking_loss(masks, gt, batch.sp_ins_label, sizes, batch.sp_offsets,

@@ -20,16 +20,15 @@ from grounding.text import DEPENDENCY_LABELS, DependencyParser, Parse, TextEncod
 from grounding.text.parser import lru_lookup
 from pointcloud.checkpoint import LoadReport
 from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
-from pointcloud.rgsan.affinity import AffinityHead, group_superpoints, pair_geometry
+from pointcloud.rgsan.affinity import AffinityHead
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
-from pointcloud.rgsan.objects import ObjectContext, instance_groups
+from pointcloud.rgsan.objects import ObjectContext
+from pointcloud.rgsan.scene_objects import scene_objects
 from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
-from pointcloud.superpoint_graph import superpoint_edges
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
     backbone_superpoints,
     pad_by_offsets,
-    superpoint_geometry,
 )
 
 log = logging.getLogger(__name__)
@@ -210,31 +209,12 @@ class RGSAN(nn.Module):
         device = batch.voxel_feats.device
         # Scene side: once per scene, never repeated per description.
         sp = backbone_superpoints(self.backbone, batch)
-        num_sp = sp.shape[0]
-        sp_in = sp
-        geom = None
-        if self.superpoint_geometry or self.affinity_head is not None:  # once, for the decoder and the pairs
-            geom = superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene, num_sp)
-        if self.superpoint_geometry:
-            sp_in = torch.cat([sp, geom], 1)
-        edges = edge_logits = None
-        if self.affinity_head is not None:
-            edges, contact = superpoint_edges(batch.coord.to(device), batch.superpoint, batch.point_scene,
-                                              self.affinity_cell)
-            pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, geom, batch.sp_center.to(sp.dtype),
-                                  edges, contact)
-            edge_logits = self.affinity_head(sp, edges, pairs)
-        object_logits = object_groups = None
-        if self.object_context is not None:
-            # Annotated objects in training (teacher forcing), the affinity head's groups otherwise.
-            if self.training and batch.sp_ins_label is not None:
-                object_groups = instance_groups(batch.sp_ins_label.to(device), batch.sp_offsets.to(device))
-            else:
-                groups = group_superpoints(edges, edge_logits.detach().sigmoid(), batch.sp_offsets)
-                object_groups = torch.unique(groups, return_inverse=True)[1]
-            context, object_logits = self.object_context(sp, object_groups, batch.feat.to(sp.dtype),
-                                                         batch.superpoint, batch.point_scene)
-            sp_in = torch.cat([sp_in, context], 1)
+        objects = scene_objects(sp, batch, semantic_head=self.semantic_head, affinity_head=self.affinity_head,
+                                object_context=self.object_context, affinity_cell=self.affinity_cell,
+                                need_geometry=self.superpoint_geometry, training=self.training)
+        sp_in = torch.cat([sp, objects.geometry], 1) if self.superpoint_geometry else sp
+        if objects.context is not None:
+            sp_in = torch.cat([sp_in, objects.context], 1)
         sp_feats, valid = pad_by_offsets(sp_in, batch.sp_offsets)
         sp_centers, _ = pad_by_offsets(batch.sp_center.to(sp.dtype), batch.sp_offsets)
         sp_pad = ~valid
@@ -270,7 +250,8 @@ class RGSAN(nn.Module):
             output_words=[p.words[k - 1] for p, k in zip(parses, index)],
             rules=[p.rule if self.rule_guided else "root_word" for p in parses],
             position_supervised=self.position_refinement,
-            sp_semantic_logits=self.semantic_head(sp) if self.semantic_head is not None else None,
+            sp_semantic_logits=objects.semantic_logits,
             sp_instance_centers=(batch.sp_center.to(sp.dtype) + self.offset_head(sp_in)
                                  if self.offset_head is not None else None),
-            sp_edges=edges, sp_edge_logits=edge_logits, object_groups=object_groups, object_logits=object_logits)
+            sp_edges=objects.edges, sp_edge_logits=objects.edge_logits, object_groups=objects.groups,
+            object_logits=objects.object_logits)

@@ -314,11 +314,14 @@ def test_overfits_one_scene(scenes: Path, encoder: TextEncoder) -> None:
 def test_experiment_configs_compose(experiment: str, tmp_path: Path) -> None:
     cfg = load_config("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "text_encoder=minilm"])
     assert cfg.model.net._target_ == "pointcloud.mdin.MDIN"
-    expected = dict(WEIGHTS, loss_indicator=1.0) if experiment == "mdin_synthetic" else WEIGHTS
+    expected = (dict(WEIGHTS, loss_indicator=1.0, loss_semantic=1.0, loss_affinity=1.0, loss_object_class=1.0,
+                     loss_text_class=1.0)
+                if experiment == "mdin_synthetic" else WEIGHTS)
     assert dict(cfg.model.loss_weights) == expected
     assert cfg.model.postprocess.task_type == ("res" if experiment == "mdin_scanrefer" else "gres")
     if experiment == "mdin_synthetic":
         model = instantiate(cfg.model.net)
-        assert isinstance(model, MDIN) and model.num_queries == 64
+        assert isinstance(model, MDIN) and model.num_queries == 64 and model.object_context is not None
+        assert instantiate(cfg.model.postprocess).object_answers
         assert isinstance(instantiate(cfg.model.criterion), MDINCriterion)
         assert isinstance(instantiate(cfg.model.evaluator), GeneralizedReferringMaskMetric)

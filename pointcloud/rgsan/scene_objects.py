@@ -1,0 +1,154 @@
+"""Object-level scene knowledge for referring models whose U-Net is trained from scratch (additions, not published).
+
+The published RG-SAN and MDIN get object-level knowledge from a U-Net pretrained for instance segmentation
+(SPFormer). Without those weights, three auxiliary heads on the pooled superpoint features stand in for it; both
+models use them through :func:`scene_objects` (forward) and :func:`object_terms` (losses):
+
+- a superpoint semantic head (``loss_semantic``, majority ScanNet-20 label of the superpoint's points);
+- a superpoint affinity head on the adjacency graph (``loss_affinity``, "same annotated instance?"), whose
+  average-linkage groups are the objects of a user's scan (:mod:`pointcloud.rgsan.affinity`);
+- an object context (``loss_object_class``): superpoints grouped into objects (the annotated instances in training,
+  the affinity groups otherwise), each group classified from its mean feature and geometry, and every superpoint
+  given its group's class probabilities and geometry (:mod:`pointcloud.rgsan.objects`).
+
+Frames: metres in the batch's ``xyz_middle`` frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pointcloud.rgsan.affinity import edge_targets, group_superpoints, pair_geometry
+from pointcloud.rgsan.objects import instance_groups
+from pointcloud.superpoint_graph import superpoint_edges
+from pointcloud.superpoint_pool import superpoint_geometry
+
+IGNORE = -100  # semantic label of unannotated points (data spec §2) and of superpoints without any
+
+
+@dataclass
+class SceneObjects:
+    """What :func:`scene_objects` computed for a batch's S superpoints (None where the head is off).
+
+    Attributes:
+        geometry: (S, 7) :func:`~pointcloud.superpoint_pool.superpoint_geometry` (computed once when needed).
+        semantic_logits: (S, C) superpoint class logits.
+        edges: (E, 2) adjacent superpoint pairs (global ids); edge_logits: (E,) "same object?" logits.
+        groups: (S,) int64 object group per superpoint in [0, G) (batch-wide numbering).
+        object_logits: (G, C) class logits per group; context: (S, C + 9) each superpoint's group class
+            probabilities and geometry, for the decoder input.
+    """
+
+    geometry: Tensor | None = None
+    semantic_logits: Tensor | None = None
+    edges: Tensor | None = None
+    edge_logits: Tensor | None = None
+    groups: Tensor | None = None
+    object_logits: Tensor | None = None
+    context: Tensor | None = None
+
+
+def scene_objects(sp: Tensor, batch: Any, *, semantic_head: nn.Module | None = None,
+                  affinity_head: nn.Module | None = None, object_context: nn.Module | None = None,
+                  affinity_cell: float = 0.05, need_geometry: bool = False, training: bool = False) -> SceneObjects:
+    """Run the auxiliary heads on the pooled superpoint features ``sp`` (S, C) of a ``ReferBatch3D``.
+
+    ``object_context`` needs ``affinity_head`` (its groups outside training). ``training`` with annotated instances
+    (``batch.sp_ins_label``) groups by those instead (teacher forcing: clean objects, clean labels).
+    """
+    out = SceneObjects()
+    if need_geometry or affinity_head is not None:
+        out.geometry = superpoint_geometry(batch.feat.to(sp.dtype), batch.superpoint, batch.point_scene, sp.shape[0])
+    if semantic_head is not None:
+        out.semantic_logits = semantic_head(sp)
+    if affinity_head is not None:
+        out.edges, contact = superpoint_edges(batch.coord.to(sp.device), batch.superpoint, batch.point_scene,
+                                              affinity_cell)
+        pairs = pair_geometry(batch.feat.to(sp.dtype), batch.superpoint, out.geometry, batch.sp_center.to(sp.dtype),
+                              out.edges, contact)
+        out.edge_logits = affinity_head(sp, out.edges, pairs)
+    if object_context is not None:
+        if affinity_head is None:
+            raise ValueError("scene_objects: object_context groups superpoints by the affinity head outside "
+                             "training; pass affinity_head too")
+        if training and batch.sp_ins_label is not None:
+            out.groups = instance_groups(batch.sp_ins_label.to(sp.device), batch.sp_offsets.to(sp.device))
+        else:
+            groups = group_superpoints(out.edges, out.edge_logits.detach().sigmoid(), batch.sp_offsets)
+            out.groups = torch.unique(groups, return_inverse=True)[1]
+        out.context, out.object_logits = object_context(sp, out.groups, batch.feat.to(sp.dtype), batch.superpoint,
+                                                        batch.point_scene)
+    return out
+
+
+def superpoint_majority(point_label: Tensor, superpoint: Tensor, num_sp: int, num_classes: int) -> Tensor:
+    """(S,) int64 majority label of each superpoint's points; ``IGNORE`` where no point has a label in [0, C).
+
+    Args:
+        point_label: (P,) int64 labels, ``IGNORE`` (or anything outside [0, C)) for unlabelled points.
+        superpoint: (P,) int64 superpoint id of each point, in [0, S).
+    """
+    ok = (point_label >= 0) & (point_label < num_classes)
+    counts = torch.zeros(num_sp * num_classes, dtype=torch.long, device=point_label.device)
+    counts.index_add_(0, superpoint[ok] * num_classes + point_label[ok], torch.ones_like(point_label[ok]))
+    counts = counts.view(num_sp, num_classes)
+    best = counts.argmax(1)  # ties -> the smallest class id, deterministically
+    return torch.where(counts.sum(1) > 0, best, torch.full_like(best, IGNORE))
+
+
+def balanced_class_weights(labels: Tensor, num_classes: int, power: float) -> Tensor | None:
+    """(C,) weights ``n_c^-power`` from the batch's label counts, with ``sum_s w[label_s] = #labelled``.
+
+    Returns None when ``power`` is 0 (plain cross-entropy). Classes absent from the batch get weight 0.
+
+    Args:
+        labels: (S,) int64 superpoint labels, ``IGNORE`` for unlabelled ones.
+    """
+    if power == 0.0:
+        return None
+    ok = labels >= 0
+    counts = torch.bincount(labels[ok], minlength=num_classes).float()
+    weights = torch.where(counts > 0, counts.clamp_min(1.0).pow(-power), torch.zeros_like(counts))
+    total = (weights * counts).sum()
+    return weights * (counts.sum() / total) if bool(total > 0) else weights
+
+
+def object_terms(outputs: Any, batch: Any, semantic_balance: float = 0.0) -> dict[str, Tensor]:
+    """The auxiliary losses of the heads present in ``outputs`` (fields ``sp_semantic_logits``, ``sp_edges`` /
+    ``sp_edge_logits``, ``object_groups`` / ``object_logits``; absent or None: no term).
+
+    - ``loss_semantic``: cross-entropy of the superpoint class logits against each superpoint's majority label
+      (unlabelled points do not vote; superpoints without a labelled point are ignored); class ``c`` weighted by
+      ``n_c^-semantic_balance`` over the batch's superpoints (0: plain cross-entropy);
+    - ``loss_affinity``: BCE of each edge's logit against "both superpoints have the same majority instance",
+      mean over edges whose two superpoints both have one;
+    - ``loss_object_class``: cross-entropy of each group's class logits against its points' majority label.
+
+    Each term is 0 (in the graph) when the batch has nothing to supervise it with.
+    """
+    terms: dict[str, Tensor] = {}
+    sem = getattr(outputs, "sp_semantic_logits", None)
+    if sem is not None:
+        labels = superpoint_majority(batch.semantic.to(sem.device), batch.superpoint.to(sem.device),
+                                     sem.shape[0], sem.shape[1])
+        weight = balanced_class_weights(labels, sem.shape[1], semantic_balance)
+        terms["loss_semantic"] = (F.cross_entropy(sem, labels, weight=weight, ignore_index=IGNORE)
+                                  if bool((labels >= 0).any()) else sem.sum() * 0.0)
+    edge_logits = getattr(outputs, "sp_edge_logits", None)
+    if edge_logits is not None:
+        target, ok = edge_targets(outputs.sp_edges, batch.sp_ins_label.to(edge_logits.device))
+        terms["loss_affinity"] = (F.binary_cross_entropy_with_logits(edge_logits[ok], target[ok])
+                                  if bool(ok.any()) else edge_logits.sum() * 0.0)
+    object_logits = getattr(outputs, "object_logits", None)
+    if object_logits is not None:
+        dev = object_logits.device
+        labels = superpoint_majority(batch.semantic.to(dev), outputs.object_groups[batch.superpoint.to(dev)],
+                                     object_logits.shape[0], object_logits.shape[1])
+        terms["loss_object_class"] = (F.cross_entropy(object_logits, labels, ignore_index=IGNORE)
+                                      if bool((labels >= 0).any()) else object_logits.sum() * 0.0)
+    return terms
