@@ -41,6 +41,8 @@ class ReferBatch3D:
         xyz: (P, 3) float32 voxel units, >= 0 (what was voxelised).
         feat: (P, 6) float32 ``[colour (shifted rgb / 127.5 - 1), xyz_middle]``.
         instance: (P,) int64 object id or -1 (never renumbered); semantic: (P,) int64 ScanNet-20 or -100.
+        semantic_fine: (P,) int64 NYU40 id - 1 (0..39) of the point's instance, -100 where unknown; None unless
+            the dataset was given a label map (:class:`~datasets.refer3d.Refer3DDataset`).
         point_index: (P,) int64 index of each point in its prepared scene (original point order).
         point_scene: (P,) int64 scene index of each point; point_offsets: (B + 1,) int64.
     Voxels (see :class:`~datasets.transforms.voxelize.Voxels`):
@@ -90,6 +92,7 @@ class ReferBatch3D:
     gt_spmask: Tensor | None
     sp_ref_mask: Tensor | None
     gt_center: Tensor | None
+    semantic_fine: Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -97,7 +100,8 @@ class ReferBatch3D:
         """Batch items of :class:`~datasets.refer3d.Refer3DDataset` (one scene + its descriptions each).
 
         Item keys: ``scene_id``, ``num_original_points``, ``records`` (D_b), point tensors ``xyz``,
-        ``xyz_middle``, ``color``, ``semantic``, ``instance``, ``point_index`` (N_b rows), and, with
+        ``xyz_middle``, ``color``, ``semantic``, ``instance``, ``point_index`` (N_b rows), optionally
+        ``semantic_fine`` (N_b,) (kept only when every item has it), and, with
         superpoints, ``superpoint`` (N_b,), ``sp_center`` (S_b, 3), ``sp_ins_label`` (S_b,),
         ``gt_spmask`` (D_b, S_b), ``sp_ref_mask`` (D_b, S_b), ``gt_center`` (D_b, 3).
         """
@@ -140,7 +144,9 @@ class ReferBatch3D:
             desc_scene=torch.repeat_interleave(torch.arange(len(items)), torch.as_tensor(d, dtype=torch.long)),
             records=records, texts=[r.description for r in records], object_ids=[r.object_ids for r in records],
             groups=[r.group for r in records], eval_types=[r.eval_type for r in records],
-            gt_spmask=sp["gt_spmask"], sp_ref_mask=sp["sp_ref_mask"], gt_center=sp["gt_center"])
+            gt_spmask=sp["gt_spmask"], sp_ref_mask=sp["sp_ref_mask"], gt_center=sp["gt_center"],
+            semantic_fine=(torch.cat([it["semantic_fine"] for it in items])
+                           if all("semantic_fine" in it for it in items) else None))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ReferBatch3D:
         """A copy with every tensor on ``device`` (lists, strings and records are shared)."""

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from datasets.batch3d import ReferBatch3D
 from datasets.errors import DataFormatError
 from datasets.records import ReferRecord
-from datasets.scannet.labels import NYU40_CLASSES, SCANNET20_NYU40_IDS, SCANREFER_CLASSES
+from datasets.scannet.labels import NYU40_CLASSES, SCANNET20_NYU40_IDS, SCANREFER_CLASSES, read_label_tsv
 from datasets.scannet.scene import PreparedScene
 
 SceneTransform = Callable[[PreparedScene, np.random.Generator], dict[str, np.ndarray]]  # -> pipeline.POINT_KEYS
@@ -149,6 +149,32 @@ def description_targets(arrays: dict[str, np.ndarray], records: Sequence[ReferRe
             "gt_spmask": gt_spmask, "gt_center": gt_center, "sp_ref_mask": ref}
 
 
+def fine_labels(scene: PreparedScene, instance: np.ndarray, label_map: dict[str, int],
+                meta_path: str | Path = "meta.json") -> np.ndarray:
+    """(N,) int64 NYU40 id - 1 of each point's instance (``instance``: (N,) ids), -100 where unknown.
+
+    ``label_map``: raw category -> NYU40 id (``read_label_tsv``); ``meta_path`` names the file in errors.
+
+    Raises:
+        DataFormatError: the scene's ``meta.json`` has no ``instance_labels`` (e.g. the Pointcept layout).
+    """
+    labels = scene.meta.get("instance_labels")
+    if not isinstance(labels, dict):
+        raise DataFormatError(meta_path, "no 'instance_labels' (raw category per instance): fine classes need "
+                              "scenes prepared from ScanNet's raw files by `grounding prepare`",
+                              record=scene.scene_id, field="instance_labels")
+    ids = np.array([int(k) for k in labels], dtype=np.int64)
+    fine = np.array([label_map.get(v, 0) - 1 for v in labels.values()], dtype=np.int64)  # nyu40id 0: unknown
+    fine[(fine < 0) | (fine >= 40)] = -100
+    out = np.full(instance.shape, -100, dtype=np.int64)
+    if len(ids):
+        order = np.argsort(ids)
+        pos = np.clip(np.searchsorted(ids[order], instance), 0, len(ids) - 1)
+        known = (instance >= 0) & (ids[order][pos] == instance)
+        out[known] = fine[order][pos[known]]
+    return out
+
+
 class Refer3DDataset(Dataset):
     """Scenes with up to K descriptions each; items are plain dicts that :meth:`collate` batches.
 
@@ -161,14 +187,20 @@ class Refer3DDataset(Dataset):
         require_superpoints: fail on scenes without ``superpoint.npy``; when False such scenes give
             items without superpoint fields, and a batch may not mix the two kinds.
         cache_size: prepared scenes kept in memory per process (least recently used evicted).
+        label_map: ScanNet's ``scannetv2-labels.combined.tsv``; when given, every item also has ``semantic_fine``:
+            the NYU40 id - 1 of each point's instance, from the raw category the preparer keeps in ``meta.json``
+            ``instance_labels`` (-100 for unannotated points and categories the map does not know). For heads that
+            need classes finer than ScanNet-20 (lamps, pillows, TVs are outside it).
 
     Raises:
         DataFormatError: there are no records, a record's scene folder is missing (at construction), or an
-            object id of a record is not an instance of its scene (when the item is loaded).
+            object id of a record is not an instance of its scene (when the item is loaded), or, with a
+            ``label_map``, a scene's ``meta.json`` has no ``instance_labels``.
     """
 
     def __init__(self, scenes_dir: str | Path, records: Sequence[ReferRecord], transform: SceneTransform,
-                 max_descriptions: int, seed: int = 0, require_superpoints: bool = True, cache_size: int = 4) -> None:
+                 max_descriptions: int, seed: int = 0, require_superpoints: bool = True, cache_size: int = 4,
+                 label_map: str | Path | None = None) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.scenes_dir = Path(scenes_dir)
@@ -178,6 +210,7 @@ class Refer3DDataset(Dataset):
         self.require_superpoints = require_superpoints
         self.cache_size = max(int(cache_size), 1)
         self.items = chunk_records(records, max_descriptions)
+        self.label_map = {raw: row.nyu40id for raw, row in read_label_tsv(label_map).items()} if label_map else None
         if not self.items:  # an empty split would evaluate to "count 0" without a word
             raise DataFormatError(self.scenes_dir, "no descriptions to load (empty annotation file, or every record "
                                   "filtered out by scene_ids / limit)", field="records")
@@ -244,6 +277,9 @@ class Refer3DDataset(Dataset):
                                 "records": list(records)}
         for key in ("xyz", "xyz_middle", "color", "semantic", "instance", "point_index"):
             item[key] = torch.from_numpy(np.ascontiguousarray(arrays[key]))
+        if self.label_map is not None:
+            item["semantic_fine"] = torch.from_numpy(fine_labels(scene, arrays["instance"], self.label_map,
+                                                                 self.scenes_dir / scene_id / "meta.json"))
         if "superpoint" in arrays:
             item["superpoint"] = torch.from_numpy(np.ascontiguousarray(arrays["superpoint"]))
             for key, value in description_targets(arrays, records).items():

@@ -42,7 +42,8 @@ def scanrefer_dataset(scenes_dir: str | Path, annotations: str | Path, transform
 
 def multi3drefer_dataset(scenes_dir: str | Path, annotations: str | Path, transform: SceneTransform,
                          max_descriptions: int, seed: int = 0, scene_ids: Sequence[str] | None = None,
-                         limit: int | None = None) -> Refer3DDataset:
-    """Multi3DRefer-format descriptions (zero, one or many targets) over prepared scenes."""
+                         limit: int | None = None, label_map: str | Path | None = None) -> Refer3DDataset:
+    """Multi3DRefer-format descriptions (zero, one or many targets) over prepared scenes (``label_map``: see
+    :class:`Refer3DDataset`)."""
     records = _restrict(list(load_multi3drefer(annotations)), scene_ids, limit)
-    return Refer3DDataset(scenes_dir, records, transform, max_descriptions, seed=seed)
+    return Refer3DDataset(scenes_dir, records, transform, max_descriptions, seed=seed, label_map=label_map)

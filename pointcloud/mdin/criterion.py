@@ -49,7 +49,7 @@ from datasets.batch3d import ReferBatch3D
 from grounding.tokens import batched_gather
 from pointcloud.mdin.assign import Assignment, assign_targets, object_centres, pair_gt_masks
 from pointcloud.mdin.contrastive import semantic_consistency_loss
-from pointcloud.rgsan.scene_objects import IGNORE, object_terms
+from pointcloud.rgsan.scene_objects import IGNORE, object_terms, point_classes
 from pointcloud.superpoint_pool import pad_by_offsets
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,16 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return alpha_t * ce * (1 - p_t) ** gamma
 
 
-def target_classes(batch: ReferBatch3D, num_classes: int) -> Tensor:
-    """(D,) int64 majority semantic label in [0, C) of each description's target points; ``IGNORE`` without any."""
+def target_classes(batch: ReferBatch3D, num_classes: int, semantic_field: str = "semantic") -> Tensor:
+    """(D,) int64 majority label (``batch.<semantic_field>``) in [0, C) of each description's target points;
+    ``IGNORE`` without any."""
     out = torch.full((len(batch.records),), IGNORE, dtype=torch.long)
+    point_labels = point_classes(batch, semantic_field)
     for d, ids in enumerate(batch.object_ids):
         if not ids:
             continue
         pts = batch.point_slice(int(batch.desc_scene[d]))
-        inst, sem = batch.instance[pts], batch.semantic[pts]
+        inst, sem = batch.instance[pts], point_labels[pts]
         on = torch.isin(inst, torch.as_tensor(list(ids), dtype=inst.dtype)) & (sem >= 0) & (sem < num_classes)
         if bool(on.any()):
             out[d] = int(torch.bincount(sem[on], minlength=num_classes).argmax())
@@ -116,13 +118,20 @@ class MDINCriterion(nn.Module):
             the module docstring). False: each process by its own, which is what gradient accumulation does, so a
             W-process run equals one process accumulating W batches (tests/engine/test_ddp_experiments.py).
         semantic_balance: exponent of the class weights of ``loss_semantic`` (models with a semantic head only).
+        semantic_field: the point labels of the class heads: ``"semantic"`` (ScanNet-20) or ``"semantic_fine"``
+            (NYU40 - 1; the dataset needs a ``label_map``). The model's ``aux_semantic_classes`` must match (20 / 40).
     """
 
     def __init__(self, iou_threshold: float = 0.5, eos_coef: float = 0.1, temperature: float = 0.07,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, parity_normalisation: bool = False,
                  replicate_mdin_gt_index_bug: bool = False, deep_supervision: bool = True,
-                 global_pair_count: bool = True, semantic_balance: float = 0.0) -> None:
+                 global_pair_count: bool = True, semantic_balance: float = 0.0,
+                 semantic_field: str = "semantic") -> None:
         super().__init__()
+        if semantic_field not in ("semantic", "semantic_fine"):
+            raise ValueError(f"MDINCriterion.semantic_field must be 'semantic' or 'semantic_fine', got "
+                             f"{semantic_field!r}")
+        self.semantic_field = semantic_field
         if semantic_balance < 0:
             raise ValueError(f"MDINCriterion.semantic_balance must be >= 0, got {semantic_balance}")
         self.semantic_balance = float(semantic_balance)
@@ -242,10 +251,10 @@ class MDINCriterion(nn.Module):
         terms["loss_sampler"] = self._sampler(outputs, batch, seeds, seed_ctr)
         terms["loss_bce"] = terms["loss_bce"] + _zero_anchor(outputs.pred_masks)
         terms["loss_score"] = terms["loss_score"] + _zero_anchor(outputs.pred_scores)
-        terms.update(object_terms(outputs, batch, self.semantic_balance))
+        terms.update(object_terms(outputs, batch, self.semantic_balance, self.semantic_field))
         text_class = getattr(outputs, "text_class_logits", None)
         if text_class is not None:
-            labels = target_classes(batch, text_class.shape[1]).to(text_class.device)
+            labels = target_classes(batch, text_class.shape[1], self.semantic_field).to(text_class.device)
             terms["loss_text_class"] = (F.cross_entropy(text_class, labels, ignore_index=IGNORE)
                                         if bool((labels >= 0).any()) else text_class.sum() * 0.0)
         return terms

@@ -118,7 +118,22 @@ def balanced_class_weights(labels: Tensor, num_classes: int, power: float) -> Te
     return weights * (counts.sum() / total) if bool(total > 0) else weights
 
 
-def object_terms(outputs: Any, batch: Any, semantic_balance: float = 0.0) -> dict[str, Tensor]:
+def point_classes(batch: Any, semantic_field: str = "semantic") -> Tensor:
+    """(P,) int64 point labels the class heads learn: ``batch.semantic`` (ScanNet-20) or ``batch.semantic_fine``.
+
+    Raises:
+        ValueError: the field is None (fine classes need a dataset built with a ``label_map``).
+    """
+    labels = getattr(batch, semantic_field, None)
+    if labels is None:
+        raise ValueError(f"the class heads learn batch.{semantic_field}, which this batch does not carry (for "
+                         "'semantic_fine' give the dataset a label_map: data.train.label_map=<scannetv2-labels."
+                         "combined.tsv>)")
+    return labels
+
+
+def object_terms(outputs: Any, batch: Any, semantic_balance: float = 0.0,
+                 semantic_field: str = "semantic") -> dict[str, Tensor]:
     """The auxiliary losses of the heads present in ``outputs`` (fields ``sp_semantic_logits``, ``sp_edges`` /
     ``sp_edge_logits``, ``object_groups`` / ``object_logits``; absent or None: no term).
 
@@ -129,12 +144,14 @@ def object_terms(outputs: Any, batch: Any, semantic_balance: float = 0.0) -> dic
       mean over edges whose two superpoints both have one;
     - ``loss_object_class``: cross-entropy of each group's class logits against its points' majority label.
 
-    Each term is 0 (in the graph) when the batch has nothing to supervise it with.
+    The labels are ``batch.<semantic_field>`` (:func:`point_classes`). Each term is 0 (in the graph) when the batch
+    has nothing to supervise it with.
     """
     terms: dict[str, Tensor] = {}
     sem = getattr(outputs, "sp_semantic_logits", None)
     if sem is not None:
-        labels = superpoint_majority(batch.semantic.to(sem.device), batch.superpoint.to(sem.device),
+        labels = superpoint_majority(point_classes(batch, semantic_field).to(sem.device),
+                                     batch.superpoint.to(sem.device),
                                      sem.shape[0], sem.shape[1])
         weight = balanced_class_weights(labels, sem.shape[1], semantic_balance)
         terms["loss_semantic"] = (F.cross_entropy(sem, labels, weight=weight, ignore_index=IGNORE)
@@ -147,7 +164,8 @@ def object_terms(outputs: Any, batch: Any, semantic_balance: float = 0.0) -> dic
     object_logits = getattr(outputs, "object_logits", None)
     if object_logits is not None:
         dev = object_logits.device
-        labels = superpoint_majority(batch.semantic.to(dev), outputs.object_groups[batch.superpoint.to(dev)],
+        labels = superpoint_majority(point_classes(batch, semantic_field).to(dev),
+                                     outputs.object_groups[batch.superpoint.to(dev)],
                                      object_logits.shape[0], object_logits.shape[1])
         terms["loss_object_class"] = (F.cross_entropy(object_logits, labels, ignore_index=IGNORE)
                                       if bool((labels >= 0).any()) else object_logits.sum() * 0.0)

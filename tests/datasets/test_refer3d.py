@@ -257,3 +257,34 @@ def test_an_empty_split_is_refused(tmp_path: Path) -> None:
     """Zero records would evaluate to "count 0" without an error; the dataset says so instead."""
     with pytest.raises(DataFormatError, match="no descriptions"):
         Refer3DDataset(tmp_path, [], ValTransform(), max_descriptions=8)
+
+
+def test_fine_labels_from_the_raw_categories_and_the_label_map(tmp_path: Path) -> None:
+    from datasets.scannet.labels import LabelRow, write_label_tsv
+
+    scene = build_scene("scene0001_00", SCENE_A)
+    # instance 5 a chair (NYU40 5), 7 a door (8), 9 a lamp (35: outside ScanNet-20), 3 a wall (1); 11 is a
+    # category the map does not know
+    scene.meta["instance_labels"] = {"5": "chair", "7": "door", "9": "lamp", "11": "mystery thing", "3": "wall"}
+    scene.save(tmp_path)
+    tsv = tmp_path / "scannetv2-labels.combined.tsv"
+    write_label_tsv(tsv, [LabelRow("chair", 5, "chair"), LabelRow("door", 8, "door"), LabelRow("lamp", 35, "lamp"),
+                          LabelRow("wall", 1, "wall")])
+    ds = Refer3DDataset(tmp_path, [A1, A4], ValTransform(), max_descriptions=8, label_map=tsv)
+    batch = ds.collate([ds[0]])
+    expected = {5: 4, 7: 7, 9: 34, 11: -100, 3: 0, -1: -100}
+    assert batch.semantic_fine.tolist() == [expected[int(i)] for i in batch.instance]
+    # the class heads can learn them; the target class of "the chairs and the table" is the majority: chair
+    from pointcloud.mdin.criterion import target_classes
+
+    assert target_classes(batch, 40, "semantic_fine").tolist() == [4, 4]  # (5,) chair; (5, 9): 8 chair, 5 lamp
+    # without a label map there is no such field, and the heads say what to do
+    plain = Refer3DDataset(tmp_path, [A1], ValTransform(), max_descriptions=8)
+    plain_batch = plain.collate([plain[0]])
+    assert plain_batch.semantic_fine is None
+    with pytest.raises(ValueError, match="label_map"):
+        target_classes(plain_batch, 40, "semantic_fine")
+    # a scene without raw categories (the Pointcept layout) is named with its field
+    (tmp_path / "scene0001_00" / "meta.json").write_text('{"scene_id": "scene0001_00"}')
+    with pytest.raises(DataFormatError, match="instance_labels"):
+        Refer3DDataset(tmp_path, [A1], ValTransform(), max_descriptions=8, label_map=tsv)[0]
