@@ -28,7 +28,7 @@ from pointcloud.mdin.phrases import NO_OBJECT_SUFFIX, SETS, phrase_sets
 from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.affinity import AffinityHead
 from pointcloud.rgsan.objects import ObjectContext
-from pointcloud.rgsan.scene_objects import scene_objects
+from pointcloud.rgsan.scene_objects import check_object_context, scene_objects
 from pointcloud.rgsan.tlm import mlp
 from pointcloud.superpoint_pool import SUPERPOINT_GEOMETRY_DIM, backbone_superpoints, pad_by_offsets
 
@@ -129,10 +129,7 @@ class MDIN(nn.Module):
         if class_match and not object_context:
             raise ValueError("MDIN(class_match=True) compares the text's class with each seed object's class from "
                              "the object context: it needs object_context=True")
-        if object_context and (not aux_affinity or aux_semantic_classes <= 0):
-            raise ValueError("MDIN(object_context=True) groups superpoints by the affinity head outside training "
-                             "and classifies the groups into the semantic classes: it needs aux_affinity=True and "
-                             f"aux_semantic_classes > 0 (got {aux_affinity}, {aux_semantic_classes})")
+        check_object_context("MDIN", object_context, aux_affinity, aux_semantic_classes)
         if task_type not in TASK_TYPES:
             raise ValueError(f"MDIN.task_type must be one of {TASK_TYPES}, got {task_type!r}")
         if num_queries > num_seeds:
@@ -229,9 +226,7 @@ class MDIN(nn.Module):
         objects = scene_objects(sp, batch, semantic_head=self.semantic_head, affinity_head=self.affinity_head,
                                 object_context=self.object_context, affinity_cell=self.affinity_cell,
                                 need_geometry=self.superpoint_geometry, training=self.training)
-        sp_in = torch.cat([sp, objects.geometry], 1) if self.superpoint_geometry else sp
-        if objects.context is not None:
-            sp_in = torch.cat([sp_in, objects.context], 1)
+        sp_in = objects.decoder_input(sp, self.superpoint_geometry)
         inst, sp_valid = pad_by_offsets(self.inst_proj(sp_in), batch.sp_offsets)  # (B, S, d)
         centres, _ = pad_by_offsets(batch.sp_center.to(device, sp.dtype), batch.sp_offsets)  # (B, S, 3) metres
         scene = batch.desc_scene.to(device)

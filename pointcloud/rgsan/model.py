@@ -23,7 +23,7 @@ from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.affinity import AffinityHead
 from pointcloud.rgsan.graph import LAP_PE_DIM, DependencyGraph, batch_graphs, graph_from_parse
 from pointcloud.rgsan.objects import ObjectContext
-from pointcloud.rgsan.scene_objects import scene_objects
+from pointcloud.rgsan.scene_objects import check_object_context, scene_objects
 from pointcloud.rgsan.tlm import TextLocalizationModule, mlp
 from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
@@ -131,10 +131,7 @@ class RGSAN(nn.Module):
                  affinity_cell: float = 0.05, object_context: bool = False,
                  random_pe_signs: bool = True) -> None:
         super().__init__()
-        if object_context and (not aux_affinity or aux_semantic_classes <= 0):
-            raise ValueError("RGSAN(object_context=True) groups superpoints by the affinity head outside training "
-                             "and classifies the groups into the semantic classes: it needs aux_affinity=True and "
-                             f"aux_semantic_classes > 0 (got {aux_affinity}, {aux_semantic_classes})")
+        check_object_context("RGSAN", object_context, aux_affinity, aux_semantic_classes)
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.text_proj = nn.Linear(text_encoder.dim, d_model)
@@ -212,9 +209,7 @@ class RGSAN(nn.Module):
         objects = scene_objects(sp, batch, semantic_head=self.semantic_head, affinity_head=self.affinity_head,
                                 object_context=self.object_context, affinity_cell=self.affinity_cell,
                                 need_geometry=self.superpoint_geometry, training=self.training)
-        sp_in = torch.cat([sp, objects.geometry], 1) if self.superpoint_geometry else sp
-        if objects.context is not None:
-            sp_in = torch.cat([sp_in, objects.context], 1)
+        sp_in = objects.decoder_input(sp, self.superpoint_geometry)
         sp_feats, valid = pad_by_offsets(sp_in, batch.sp_offsets)
         sp_centers, _ = pad_by_offsets(batch.sp_center.to(sp.dtype), batch.sp_offsets)
         sp_pad = ~valid

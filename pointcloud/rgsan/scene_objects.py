@@ -52,6 +52,20 @@ class SceneObjects:
     object_logits: Tensor | None = None
     context: Tensor | None = None
 
+    def decoder_input(self, sp: Tensor, with_geometry: bool) -> Tensor:
+        """``sp`` (S, C) extended with the superpoint geometry (when asked) and the object context (when computed):
+        (S, C [+ 7] [+ K + 9]), the decoder's superpoint input."""
+        parts = [sp] + ([self.geometry] if with_geometry else []) + ([self.context] if self.context is not None else [])
+        return torch.cat(parts, 1) if len(parts) > 1 else sp
+
+
+def check_object_context(model: str, object_context: bool, aux_affinity: bool, aux_semantic_classes: int) -> None:
+    """Raise ValueError when ``object_context`` is asked for without the heads it needs."""
+    if object_context and (not aux_affinity or aux_semantic_classes <= 0):
+        raise ValueError(f"{model}(object_context=True) groups superpoints by the affinity head outside training "
+                         "and classifies the groups into the semantic classes: it needs aux_affinity=True and "
+                         f"aux_semantic_classes > 0 (got {aux_affinity}, {aux_semantic_classes})")
+
 
 def scene_objects(sp: Tensor, batch: Any, *, semantic_head: nn.Module | None = None,
                   affinity_head: nn.Module | None = None, object_context: nn.Module | None = None,

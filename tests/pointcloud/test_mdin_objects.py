@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_mdin import RECORDS, WEIGHTS, batch_of, build
+from test_mdin import RECORDS, WEIGHTS, batch_of, build, overfit
 
 from datasets.transforms import TrainTransform
 from grounding.metrics.gres import GeneralizedReferringMaskMetric
@@ -115,22 +115,10 @@ def test_overfits_one_scene_with_object_answers(scenes: Path, encoder: TextEncod
     batch.sp_ins_label[batch.sp_ins_label == -1] = 20
     model = build(encoder, seed=1, **HEADS).train()
     criterion = MDINCriterion(eos_coef=1.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     weights = dict(WEIGHTS, loss_indicator=1.0, **{k: 1.0 for k in OBJECT_TERMS})
-    losses = []
     assert all(criterion(model(batch), batch)[k] > 0 for k in OBJECT_TERMS)
-    for _ in range(60):
-        loss = sum(weights[k] * v for k, v in criterion(model(batch), batch).items())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        preds = MDINPostprocess(object_answers=True, min_points=0)(model(batch), batch)
-    metric = GeneralizedReferringMaskMetric()
-    metric.update(preds, batch)
-    result = metric.compute()
+    losses, preds, result = overfit(model, criterion, MDINPostprocess(object_answers=True, min_points=0), batch,
+                                    weights)
     assert losses[-1] < 0.3 * losses[0], losses[::10]
     assert [p.no_target for p in preds] == [False, False, True, False]
     assert float(result["overall/mIoU"]) > 90, {k: float(v) for k, v in result.items()}
