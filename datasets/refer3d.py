@@ -29,8 +29,14 @@ from torch.utils.data import Dataset
 from datasets.batch3d import ReferBatch3D
 from datasets.errors import DataFormatError
 from datasets.records import ReferRecord
-from datasets.scannet.labels import NYU40_CLASSES, SCANNET20_NYU40_IDS, SCANREFER_CLASSES, read_label_tsv
-from datasets.scannet.scene import PreparedScene
+from datasets.scannet.labels import (
+    IGNORE_LABEL,
+    NYU40_CLASSES,
+    SCANNET20_NYU40_IDS,
+    SCANREFER_CLASSES,
+    read_label_tsv,
+)
+from datasets.scannet.scene import PreparedScene, instance_classes
 
 SceneTransform = Callable[[PreparedScene, np.random.Generator], dict[str, np.ndarray]]  # -> pipeline.POINT_KEYS
 NO_CENTER = -1000.0  # gt_center sentinel of RG-SAN for a description without target superpoints (§8.4)
@@ -149,30 +155,21 @@ def description_targets(arrays: dict[str, np.ndarray], records: Sequence[ReferRe
             "gt_spmask": gt_spmask, "gt_center": gt_center, "sp_ref_mask": ref}
 
 
-def fine_labels(scene: PreparedScene, instance: np.ndarray, label_map: dict[str, int],
-                meta_path: str | Path = "meta.json") -> np.ndarray:
-    """(N,) int64 NYU40 id - 1 of each point's instance (``instance``: (N,) ids), -100 where unknown.
+def fine_labels(scene: PreparedScene, instance: np.ndarray, fine_of_raw: dict[str, int],
+                folder: str | Path = "") -> np.ndarray:
+    """(N,) int64 NYU40 id - 1 of each point's instance (``instance``: (N,) ids), ``IGNORE_LABEL`` where unknown.
 
-    ``label_map``: raw category -> NYU40 id (``read_label_tsv``); ``meta_path`` names the file in errors.
+    ``fine_of_raw``: raw category -> NYU40 id - 1 (from the label map); ``folder`` names the scene in errors.
 
     Raises:
         DataFormatError: the scene's ``meta.json`` has no ``instance_labels`` (e.g. the Pointcept layout).
     """
-    labels = scene.meta.get("instance_labels")
-    if not isinstance(labels, dict):
-        raise DataFormatError(meta_path, "no 'instance_labels' (raw category per instance): fine classes need "
-                              "scenes prepared from ScanNet's raw files by `grounding prepare`",
-                              record=scene.scene_id, field="instance_labels")
-    ids = np.array([int(k) for k in labels], dtype=np.int64)
-    fine = np.array([label_map.get(v, 0) - 1 for v in labels.values()], dtype=np.int64)  # nyu40id 0: unknown
-    fine[(fine < 0) | (fine >= 40)] = -100
-    out = np.full(instance.shape, -100, dtype=np.int64)
-    if len(ids):
-        order = np.argsort(ids)
-        pos = np.clip(np.searchsorted(ids[order], instance), 0, len(ids) - 1)
-        known = (instance >= 0) & (ids[order][pos] == instance)
-        out[known] = fine[order][pos[known]]
-    return out
+    classes = instance_classes(scene, fine_of_raw, folder, default=IGNORE_LABEL)
+    lookup = np.full(max(classes, default=-1) + 2, IGNORE_LABEL, dtype=np.int64)  # last slot: instance -1
+    for obj, cls in classes.items():
+        if obj >= 0:
+            lookup[obj] = cls
+    return lookup[np.where(instance >= 0, np.minimum(instance, len(lookup) - 1), len(lookup) - 1)]
 
 
 class Refer3DDataset(Dataset):
@@ -210,7 +207,8 @@ class Refer3DDataset(Dataset):
         self.require_superpoints = require_superpoints
         self.cache_size = max(int(cache_size), 1)
         self.items = chunk_records(records, max_descriptions)
-        self.label_map = {raw: row.nyu40id for raw, row in read_label_tsv(label_map).items()} if label_map else None
+        self.fine_of_raw = ({raw: row.nyu40id - 1 for raw, row in read_label_tsv(label_map).items()
+                             if 1 <= row.nyu40id <= len(NYU40_CLASSES)} if label_map else None)
         if not self.items:  # an empty split would evaluate to "count 0" without a word
             raise DataFormatError(self.scenes_dir, "no descriptions to load (empty annotation file, or every record "
                                   "filtered out by scene_ids / limit)", field="records")
@@ -277,9 +275,9 @@ class Refer3DDataset(Dataset):
                                 "records": list(records)}
         for key in ("xyz", "xyz_middle", "color", "semantic", "instance", "point_index"):
             item[key] = torch.from_numpy(np.ascontiguousarray(arrays[key]))
-        if self.label_map is not None:
-            item["semantic_fine"] = torch.from_numpy(fine_labels(scene, arrays["instance"], self.label_map,
-                                                                 self.scenes_dir / scene_id / "meta.json"))
+        if self.fine_of_raw is not None:
+            item["semantic_fine"] = torch.from_numpy(fine_labels(scene, arrays["instance"], self.fine_of_raw,
+                                                                 self.scenes_dir / scene_id))
         if "superpoint" in arrays:
             item["superpoint"] = torch.from_numpy(np.ascontiguousarray(arrays["superpoint"]))
             for key, value in description_targets(arrays, records).items():

@@ -26,22 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.errors import DataFormatError
 from datasets.records import ReferRecord
 from datasets.scannet.labels import SCANREFER_OTHERS, LabelRow, read_label_tsv, scanrefer_raw2label
-from datasets.scannet.scene import PreparedScene
+from datasets.scannet.scene import PreparedScene, instance_classes
 from grounding.metrics.masks import intersection_union, iou_from_counts, threshold_hits
 
 GROUPS = ("unique", "multiple")
-
-
-def instance_classes(scene: PreparedScene, raw2label: Mapping[str, int], path: Path | str = "") -> dict[int, int]:
-    """ScanRefer-18 class of every instance id of a prepared scene (from ``meta.json`` ``instance_labels``)."""
-    labels = scene.meta.get("instance_labels")
-    if not isinstance(labels, dict):
-        raise DataFormatError(Path(path or scene.scene_id) / "meta.json",
-                              "field 'instance_labels' is missing: re-run `grounding prepare` on this scene")
-    return {int(k): raw2label.get(str(v), SCANREFER_OTHERS) for k, v in labels.items()}
 
 
 def random_class_instance_row(records: Sequence[ReferRecord], scenes_dir: str | Path,
@@ -68,7 +58,7 @@ def random_class_instance_row(records: Sequence[ReferRecord], scenes_dir: str | 
     for scene_id, recs in sorted(by_scene.items()):
         folder = Path(scenes_dir) / scene_id
         scene = PreparedScene.load(folder, require_superpoints=False)
-        classes = instance_classes(scene, raw2label, folder)
+        classes = instance_classes(scene, raw2label, folder, default=SCANREFER_OTHERS)
         instance = torch.from_numpy(np.asarray(scene.instance, dtype=np.int64))
         for r in recs:
             named = raw2label.get(r.object_name.replace("_", " "), SCANREFER_OTHERS)

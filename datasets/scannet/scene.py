@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,25 @@ class PreparedScene:
                 raise DataFormatError(folder / f"{name}.npy", f"{len(arr)} rows, but coord.npy has {n}")
         _check_values(folder, arrays)
         return cls(scene_id=meta.get("scene_id", folder.name), meta=meta, **arrays)
+
+
+def instance_classes(scene: PreparedScene, raw2label: Mapping[str, int], path: Path | str = "",
+                     default: int = -100) -> dict[int, int]:
+    """Class of every instance id of a prepared scene, from the raw category in ``meta.json`` ``instance_labels``.
+
+    Args:
+        raw2label: raw category -> class id (e.g. ScanRefer-18, or NYU40 - 1); categories it lacks get ``default``.
+        path: the scene folder, for the error message (default: the scene id).
+
+    Raises:
+        DataFormatError: ``meta.json`` has no ``instance_labels`` (scenes prepared from the Pointcept layout).
+    """
+    labels = scene.meta.get("instance_labels")
+    if not isinstance(labels, dict):
+        raise DataFormatError(Path(path or scene.scene_id) / "meta.json",
+                              "field 'instance_labels' is missing: re-run `grounding prepare` on this scene",
+                              field="instance_labels")
+    return {int(k): raw2label.get(str(v), default) for k, v in labels.items()}
 
 
 def _check_values(folder: Path, arrays: dict[str, np.ndarray | None]) -> None:
