@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datasets.scannet.labels import IGNORE_LABEL
 from pointcloud.rgsan.affinity import edge_targets, group_superpoints, pair_geometry
 from pointcloud.rgsan.objects import instance_groups
 from pointcloud.superpoint_graph import superpoint_edges
 from pointcloud.superpoint_pool import superpoint_geometry
 
-IGNORE = -100  # semantic label of unannotated points (data spec §2) and of superpoints without any
+IGNORE = IGNORE_LABEL  # semantic label of unannotated points (data spec §2) and of superpoints without any
 
 
 @dataclass
