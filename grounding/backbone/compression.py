@@ -239,6 +239,7 @@ def forward_compressed(vit: TextAwareViT, comp: BackboneCompression, x: Tensor, 
     Fills ``comp.trace`` with one :class:`BlockTrace` per block.
     """
     from grounding.backbone.token_attention import token_block
+    from grounding.backbone.token_geometry import GeometryCache
 
     b, h, w, c = x.shape
     comp.schedule.reset()
@@ -249,6 +250,7 @@ def forward_compressed(vit: TextAwareViT, comp: BackboneCompression, x: Tensor, 
     head_dim = c // vit.num_heads
     sam_windows = not vit.global_all_blocks
     window = max(blk.window_size for blk in vit.blocks) if sam_windows else 0
+    cache = GeometryCache()  # layout-only values, recomputed after each compression event only
     for i, blk in enumerate(vit.blocks):
         if text_hook is not None:
             text = vit._checked_text(i, text_hook(i, text), x if tokens is None else tokens.x, key_valid)
@@ -270,9 +272,10 @@ def forward_compressed(vit: TextAwareViT, comp: BackboneCompression, x: Tensor, 
             x, text = vit._block(i, blk, x, text, key_valid)
             comp.trace.append(replace(dense_block_trace(vit, i, (h, w), windowed, n_text), compressor=flops))
             continue
-        feats, text, shape = token_block(vit, i, blk, tokens, text, key_valid, windowed, comp.proportional)
+        feats, text, shape = token_block(vit, i, blk, tokens, text, key_valid, windowed, comp.proportional, cache)
         tokens = tokens.with_x(feats)
-        comp.trace.append(BlockTrace(i, float(tokens.valid.sum(1).float().mean()), tokens.valid.shape[1],
+        kept = cache.get(tokens, "kept", lambda v=tokens.valid: float(v.sum(1).float().mean()))
+        comp.trace.append(BlockTrace(i, kept, tokens.valid.shape[1],
                                      tokens.valid.shape[1], shape["q"], shape["k"], shape["table"], n_text, flops,
                                      comp.mode))
     if tokens is None:

@@ -13,6 +13,7 @@ from grounding.backbone import BackboneCompression, TextAwareViT
 from grounding.backbone.compression import BlockTrace, _with_text
 from grounding.backbone.flops import block_flops, encoder_flops
 from grounding.backbone.token_attention import gathered_rel_pos_bias, rel_table, token_block
+from grounding.backbone.token_geometry import GeometryCache
 from grounding.compress import Identity, TokenMerge
 from grounding.tokens import TokenSet
 
@@ -114,6 +115,47 @@ def test_windowed_block_attends_only_within_each_window():
     torch.testing.assert_close(moved[:, other], base[:, other], atol=1e-6, rtol=0)
     assert not torch.allclose(moved[:, ~other], base[:, ~other])
     assert shape["k"] == shape["q"] // 4 + 1  # 4 windows of L rows; + the folded pad-cell key
+
+
+def _pruned_windows(vit: TextAwareViT, every: int) -> TokenSet:
+    """A 12 x 12 grid in 8 x 8 windows (pad cells), every ``every``-th token removed: uneven windows."""
+    ts = TokenSet.from_grid(torch.randn(1, 12, 12, vit.embed_dim), window_size=8)
+    keep = torch.arange(144) % every != 0
+    return TokenSet(x=ts.x[:, keep], valid=ts.valid[:, keep], pos=ts.pos[:, keep], size=ts.size[:, keep],
+                    src_index=torch.zeros(1, 144, dtype=torch.long), window_id=ts.window_id[:, keep], grid=(12, 12))
+
+
+def test_shared_geometry_cache_gives_the_same_blocks_and_follows_layout_changes():
+    """One cache through several blocks (as forward_compressed passes it) equals a fresh computation per block,
+    and a TokenSet with another layout (a compression event) is not served the old layout's values."""
+    vit = tiny(True)
+    cache = GeometryCache()
+    for every in (3, 4):  # two layouts in turn through the same cache
+        ts = _pruned_windows(vit, every)
+        for i, blk in enumerate(vit.blocks):
+            windowed = blk.window_size > 0
+            shared, _, shape = token_block(vit, i, blk, ts, None, None, windowed, True, cache)
+            fresh, _, fresh_shape = token_block(vit, i, blk, ts, None, None, windowed, True)
+            assert torch.equal(shared, fresh) and shape == fresh_shape, (every, i)
+            ts = ts.with_x(shared)  # same layout tensors: the next block reuses the cached geometry
+    calls = []
+    ts = _pruned_windows(vit, 3)
+    assert cache.get(ts, "n", lambda: calls.append(1) or 1) == 1
+    assert cache.get(ts.with_x(ts.x + 1), "n", lambda: calls.append(2) or 2) == 1  # features only: reused
+    assert cache.get(_pruned_windows(vit, 3), "n", lambda: calls.append(3) or 3) == 3  # new layout tensors
+    assert calls == [1, 3]
+
+
+def test_rel_table_without_resampling_is_the_parameter_itself():
+    blk = tiny(True).blocks[0]
+    size = (blk.attn.rel_pos_h.shape[0] + 1) // 2
+    table = rel_table(blk.attn.rel_pos_h, size)
+    assert table is blk.attn.rel_pos_h
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    r = get_rel_pos(size, size, blk.attn.rel_pos_h)  # R[i, j] = table[i - j + size - 1]
+    i, j = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    assert torch.equal(r, table[i - j + size - 1])
 
 
 def test_text_slots_are_protected_and_untouched():
