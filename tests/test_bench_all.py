@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,14 @@ def test_plan_commands_parse_and_only_selects() -> None:
     for quick in (False, True):
         jobs = plan(quick=quick, cuda=True)
         names = [n for j in jobs for n in labels(_parse(j.argv))]
-        assert len(names) == len(set(names)) == 1 + 2 + 3 + 8  # prepare, 2 superpoints, 3 rgsan, 2 x 4 backbone
+        # prepare, 2 superpoints, 3 rgsan forward + 2 rgsan train steps (CUDA), 4 backbone on CPU + 4 on CUDA in
+        # fp32 + 4 on CUDA in the bf16 protocol
+        assert len(names) == len(set(names)) == 1 + 2 + 3 + 2 + 12
+        train = [_parse(j.argv) for j in jobs if j.name.startswith("rgsan-train-cuda")]
+        assert [a.precision for a in train] == ["32", "16-mixed"] and all(a.train for a in train)
+        bf16 = [j.argv for j in jobs if j.name.endswith("-cuda-bf16")]
+        assert len(bf16) == 4 and all(_parse(a).dtype == "bfloat16" and _parse(a).device == "cuda" for a in bf16)
+        assert quick or all((_parse(a).warmup, _parse(a).repeats) == (20, 100) for a in bf16)
     assert [j.name for j in select(plan(), "superpoints,rgsan-cpu")] == ["superpoints", "rgsan-cpu"]
     assert len(select(plan(), "backbone")) == 4
     with pytest.raises(ValueError, match="rgsan-cuda-32"):
@@ -139,3 +147,26 @@ def test_superpoint_bench_on_a_small_mesh(tiny_scans: Path) -> None:
         assert len(v["runs"]) == 2 and all(math.isfinite(s) and s > 0 for s in v["runs"])
         assert 10 < v["superpoints"] < r["vertices"] // 20  # ScanNet's minimum segment size is 20
     assert "mesh superpoints" in format_superpoints(r) and "point-cloud superpoints" in format_superpoints(r)
+
+
+def test_rgsan_train_step_bench_on_tiny_scenes(tmp_path: Path) -> None:
+    """`grounding bench rgsan --train`: a real training step on a batch of distinct generated scenes."""
+    from datasets.synthetic import generate_synthetic
+    from grounding.bench.all import _parse, labels, measure
+    from grounding.bench.rgsan import _distinct_scenes_first, bench_rgsan, bench_rgsan_train
+
+    assert _distinct_scenes_first(["a", "a", "b"], 4) == [0, 2, 1, 0]
+    generate_synthetic(tmp_path, preset="tiny", seed=0)
+    r = bench_rgsan_train("cpu", repeats=2, items=2, descriptions=2, work_dir=tmp_path)
+    assert r["items"] == r["scenes"] == 2 and 2 <= r["descriptions"] <= 4
+    assert len(r["runs"]) == 2 and all(t > 0 for t in r["runs"])
+    assert r["seconds_per_step"] == statistics.median(r["runs"])
+    with pytest.raises(ValueError, match="precision"):
+        bench_rgsan_train("cpu", precision="16")
+    with pytest.raises(ValueError, match="precision"):
+        bench_rgsan("cpu", precision="bf16-mixed")
+    args = _parse(["rgsan", "--train", "--items", "2", "--device", "cpu", "--precision", "32"])
+    assert labels(args) == ["RG-SAN train step, cpu 32, 2 items"] and args.descriptions is None
+    m = measure(_parse(["rgsan", "--train", "--items", "1", "--descriptions", "2", "--repeats", "1", "--device",
+                        "cpu", "--work-dir", str(tmp_path)]))
+    assert len(m.figures) == 1 and "/step (1 items of 1 scenes" in m.figures[0]

@@ -88,12 +88,21 @@ def plan(quick: bool = False, cuda: bool = False, work_dir: Path | None = None) 
         for precision in ("32", "16-mixed") if dev == "cuda" else ("32",):
             name = "rgsan-cpu" if dev == "cpu" else f"rgsan-cuda-{precision}"
             jobs.append(Job(name, ("rgsan", "--device", dev, "--precision", precision, *rgsan), generate))
+            if dev == "cuda":  # training throughput: what the trainer's precision choice is about
+                size = ("--items", "2", "--descriptions", "4") if quick else ("--items", "8", "--descriptions", "16")
+                where = ("--repeats", "1", "--work-dir", rgsan_dir) if quick else ("--repeats", "5", *wd("scannet"))
+                train = ("rgsan", "--train", *size, "--device", dev, "--precision", precision, *where)
+                jobs.append(Job(f"rgsan-train-cuda-{precision}", train, generate))
     model = ("--model", "tiny", "--image-size", "256") if quick else ("--image-size", "1024")
     for dev in devices:
         for compress, ratio in BACKBONE_SETTINGS:
             argv = ("backbone", *model, "--compress", compress, "--ratio", str(ratio), "--start-block", "2",
                     "--repeats", "1" if quick else "3", *(("--device", "cuda") if dev == "cuda" else ()))
             jobs.append(Job(f"backbone-{compress}-{ratio}" + ("-cuda" if dev == "cuda" else ""), argv))
+            if dev == "cuda":  # the spec's GPU protocol: bf16 autocast, 20 warm-up, 100 timed, CUDA events
+                bf16 = (*argv[:argv.index("--repeats")], "--repeats", "1" if quick else "100", "--warmup",
+                        "1" if quick else "20", "--dtype", "bfloat16", "--device", "cuda")
+                jobs.append(Job(f"backbone-{compress}-{ratio}-cuda-bf16", bf16))
     return jobs
 
 
@@ -117,9 +126,12 @@ def labels(args: argparse.Namespace) -> list[str]:
     if args.bench == "superpoints":
         return [f"superpoints, mesh ({args.preset} scan)", f"superpoints, point cloud ({args.preset} scan)"]
     if args.bench == "rgsan":
+        if args.train:
+            return [f"RG-SAN train step, {_device(args.device)} {args.precision}, {args.items} items"]
         return [f"RG-SAN forward, {_device(args.device)} {args.precision}"]
     if args.bench == "backbone":
-        return [f"SAM {args.model} encoder {args.image_size} px, {args.compress} {args.ratio}, {args.device}"]
+        dtype = "" if args.dtype == "float32" else f" {args.dtype}"
+        return [f"SAM {args.model} encoder {args.image_size} px, {args.compress} {args.ratio}, {args.device}{dtype}"]
     raise ValueError(f"no benchmark {args.bench!r}")
 
 
@@ -156,10 +168,19 @@ def measure(args: argparse.Namespace) -> Measurement:
         return Measurement(format_superpoints(r), [
             f"{_s(r['mesh']['median'])} median of {r['repeats']} ({size}, {r['faces'] / 1e3:.0f}k faces), one core",
             f"{_s(r['cloud']['median'])} median of {r['repeats']} ({size} as points, normals estimated), one core"])
+    if args.bench == "rgsan" and args.train:
+        from grounding.bench.rgsan import bench_rgsan_train, format_rgsan_train
+
+        r = bench_rgsan_train(_device(args.device), repeats=args.repeats, items=args.items,
+                              descriptions=args.descriptions or 16, work_dir=args.work_dir,
+                              overrides=args.overrides, precision=args.precision)
+        return Measurement(format_rgsan_train(r), [
+            f"{_s(r['seconds_per_step'])}/step ({r['items']} items of {r['scenes']} scenes, {r['descriptions']} "
+            f"descriptions, {r['points'] / 1e3:.0f}k points, median of {r['repeats']}); peak {r['peak_mib']:.0f} MiB"])
     if args.bench == "rgsan":
         from grounding.bench.rgsan import bench_rgsan, format_rgsan
 
-        r = bench_rgsan(_device(args.device), repeats=args.repeats, descriptions=args.descriptions,
+        r = bench_rgsan(_device(args.device), repeats=args.repeats, descriptions=args.descriptions or 64,
                         work_dir=args.work_dir, overrides=args.overrides, precision=args.precision)
         return Measurement(format_rgsan(r), [
             f"{_s(r['seconds_per_scene'])}/scene, {1e3 * r['seconds_per_description']:.1f} ms/description "
@@ -169,10 +190,12 @@ def measure(args: argparse.Namespace) -> Measurement:
         from grounding.bench.backbone import bench_backbone, format_backbone
 
         r = bench_backbone(args.image_size, args.compress, args.ratio, args.start_block, args.model, args.repeats,
-                           args.mode, args.scope, args.data_root, device=args.device)
+                           args.mode, args.scope, args.data_root, device=args.device, dtype=args.dtype,
+                           warmup=args.warmup)
         lat, g = r["latency"], 1e9
+        tail = f" (p90 {_s(r['p90']['dense'])} → {_s(r['p90']['compressed'])})" if r["repeats"] >= 10 else ""
         return Measurement(format_backbone(r), [
-            f"{_s(lat['dense'])} → {_s(lat['compressed'])} median of {r['repeats']}, {r['speedup']:.2f}x "
+            f"{_s(lat['dense'])} → {_s(lat['compressed'])} median of {r['repeats']}{tail}, {r['speedup']:.2f}x "
             f"(ideal {r['ideal']:.2f}x, {r['flops_dense']['total'] / g:.4g} → "
             f"{r['flops_compressed']['total'] / g:.4g} GFLOPs)"])
     raise ValueError(f"no benchmark {args.bench!r}")

@@ -10,8 +10,10 @@ of each, the measured speed-up beside the ideal FLOP speed-up, and the cosine si
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,24 +56,46 @@ def build_encoder(model: str, image_size: int, seed: int = 0) -> TextAwareViT:
     return vit
 
 
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
 def _timed(fn: Any, device: torch.device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":  # CUDA runs asynchronously: time from an idle device to a finished one
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
+    """Seconds of ``fn()``: CUDA events around it on an idle device (the spec's GPU protocol), else wall clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3, out
+    t0 = time.perf_counter()
+    out = fn()
     return time.perf_counter() - t0, out
+
+
+def p90(values: list[float]) -> float:
+    """The 90th percentile by the nearest-rank rule (the largest value for fewer than 10 runs)."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(0.9 * len(ordered)) - 1, 0)]
 
 
 def bench_backbone(image_size: int = 1024, compress: str = "tome", ratio: float = 0.5, start_block: int = 2,
                    model: str = "vit_b", repeats: int = 3, mode: str = "gather", scope: str = "auto",
-                   data_root: str | Path = "data/synthetic2d", device: str = "cpu") -> dict[str, Any]:
+                   data_root: str | Path = "data/synthetic2d", device: str = "cpu", dtype: str = "float32",
+                   warmup: int = 1) -> dict[str, Any]:
     """Interleaved timing and FLOP table of one compression setting; returns a dict for :func:`format_backbone`.
 
-    ``device``: ``cpu`` or ``cuda`` (float32 on both; the FLOP count does not depend on it).
+    ``device``: ``cpu`` or ``cuda`` (CUDA: timed with CUDA events). ``dtype``: ``float32`` or ``bfloat16``
+    (autocast; the spec's GPU protocol is bf16, >= 20 warm-up and >= 100 timed runs: ``warmup=20,
+    repeats=100``). ``warmup`` untimed runs of each encoder come first. The FLOP count depends on neither.
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if warmup < 1 or repeats < 1:
+        raise ValueError(f"warmup and repeats must be >= 1, got {warmup} and {repeats}")
     dev = torch.device(device)
+    cast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None else nullcontext()
     vit = build_encoder(model, image_size)
     comp = BackboneCompression(compress, ratio, start_block=start_block, scope=scope, mode=mode)
     vit.set_compression(comp)
@@ -81,12 +105,12 @@ def bench_backbone(image_size: int = 1024, compress: str = "tome", ratio: float 
     image = image.to(dev)
     runs: dict[str, list[float]] = {"dense": [], "compressed": []}
     outs: dict[str, torch.Tensor] = {}
-    with torch.inference_mode():
-        for step in range(repeats + 1):  # step 0 is the warm-up of both
+    with torch.inference_mode(), cast:
+        for step in range(warmup + repeats):  # the first ``warmup`` steps of both are not timed
             for name in ("dense", "compressed"):
                 vit.compression = comp if name == "compressed" else None
                 seconds, outs[name] = _timed(lambda: vit(image), dev)
-                if step > 0:
+                if step >= warmup:
                     runs[name].append(seconds)
     vit.compression = comp
     dense_f = encoder_flops(vit, (image_size, image_size))
@@ -94,11 +118,12 @@ def bench_backbone(image_size: int = 1024, compress: str = "tome", ratio: float 
     hw = image_size // vit.patch_size
     kinds = ["global" if (blk.window_size == 0) else f"window {blk.window_size}" for blk in vit.blocks]
     lat = {k: statistics.median(v) for k, v in runs.items()}
-    cos = F.cosine_similarity(outs["dense"].flatten(2), outs["compressed"].flatten(2), dim=1).mean()
+    cos = F.cosine_similarity(outs["dense"].float().flatten(2), outs["compressed"].float().flatten(2), dim=1).mean()
     return {
         "model": model, "image_size": image_size, "grid": hw, "compress": compress, "ratio": ratio,
         "start_block": start_block, "mode": mode, "scope": scope, "repeats": repeats, "input": source,
         "device": str(dev), "threads": torch.get_num_threads(), "block_kinds": kinds, "trace": comp.trace,
+        "dtype": dtype, "warmup": warmup, "p90": {k: p90(v) for k, v in runs.items()},
         "flops_dense": dense_f, "flops_compressed": comp_f, "latency": lat, "runs": runs,
         "speedup": lat["dense"] / lat["compressed"], "ideal": dense_f["total"] / comp_f["total"],
         "ideal_model_only": dense_f["total"] / comp_f["model"], "neck_cosine": float(cos),
@@ -114,7 +139,7 @@ def format_backbone(r: dict[str, Any]) -> str:
         f"encoder: SAM {r['model']} layout, randomly initialised (no SAM weights can be downloaded here; latency "
         "and FLOPs do not depend on the weights)",
         f"input: {r['image_size']} px ({r['grid']}x{r['grid']} = {n0} tokens), {r['input']}; "
-        f"{_where(r)}; batch 1; float32; fused SDPA in both",
+        f"{_where(r)}; batch 1; {r.get('dtype', 'float32')}; fused SDPA in both",
         f"compression: {r['compress']} ratio {r['ratio']} (fraction removed) at block {r['start_block']}, "
         f"scope {r['scope']}, mode {r['mode']}; restored before the neck (outputs equal in shape: {r['shape_equal']})",
         "",
@@ -134,9 +159,11 @@ def format_backbone(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"token-layers kept: {100 * kept:.1f}% of {len(r['trace'])} x {n0}",
-        f"latency (median of {r['repeats']}, interleaved): dense {lat['dense']:.3f} s, compressed "
-        f"{lat['compressed']:.3f} s; runs dense {[round(v, 3) for v in r['runs']['dense']]}, compressed "
-        f"{[round(v, 3) for v in r['runs']['compressed']]}",
+        f"latency (median of {r['repeats']} after {r.get('warmup', 1)} warm-up, interleaved): dense "
+        f"{lat['dense']:.4f} s (p90 {r['p90']['dense']:.4f}), compressed {lat['compressed']:.4f} s "
+        f"(p90 {r['p90']['compressed']:.4f})" + (
+            f"; runs dense {[round(v, 3) for v in r['runs']['dense']]}, compressed "
+            f"{[round(v, 3) for v in r['runs']['compressed']]}" if r["repeats"] <= 10 else ""),
         f"speed-up: measured {r['speedup']:.2f}x, ideal (FLOPs incl. compressor) {r['ideal']:.2f}x "
         f"(model FLOPs only {r['ideal_model_only']:.2f}x)",
         f"neck-output cosine compressed vs dense: {r['neck_cosine']:.4f} (random weights: not an accuracy figure)",

@@ -33,9 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--work-dir", type=Path, default=None, help="where the generated scans are cached")
     r = kinds.add_parser("rgsan", help="RG-SAN forward latency per scene / description and peak memory")
     r.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
-    r.add_argument("--descriptions", type=int, default=64)
+    r.add_argument("--descriptions", type=int, default=None,
+                   help="descriptions per scene (default 64 for the forward pass, 16 per item with --train)")
     r.add_argument("--repeats", type=int, default=5)
-    r.add_argument("--precision", default="32", choices=["32", "16-mixed"])
+    r.add_argument("--precision", default="32", choices=["32", "16-mixed", "bf16-mixed"],
+                   help="bf16-mixed: --train only")
+    r.add_argument("--train", action="store_true",
+                   help="time a training step (forward, loss, backward, AdamW) on --items scenes instead")
+    r.add_argument("--items", type=int, default=8, help="--train: batch items (distinct scenes first)")
     r.add_argument("--work-dir", type=Path, default=None, help="where the generated scans are cached")
     r.add_argument("overrides", nargs="*", help="hydra overrides of the model, e.g. model.net.use_rpe=false")
     v = kinds.add_parser("backbone", help="compressed vs uncompressed SAM ViT encoder: tokens, FLOPs, latency",
@@ -47,7 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--start-block", type=int, default=2)
     v.add_argument("--model", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
     v.add_argument("--repeats", type=int, default=3, help="timed runs of each encoder, after one warm-up each")
-    v.add_argument("--device", default="cpu", help="cpu or cuda (float32 on both)")
+    v.add_argument("--device", default="cpu", help="cpu or cuda (timed with CUDA events)")
+    v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16: autocast, as the spec's GPU protocol (with --warmup 20 --repeats 100)")
+    v.add_argument("--warmup", type=int, default=1, help="untimed runs of each encoder before the timed ones")
     v.add_argument("--mode", default="gather", choices=["gather", "mask"])
     v.add_argument("--scope", default="auto", choices=["auto", "window", "global"])
     v.add_argument("--data-root", type=Path, default=Path("data/synthetic2d"))

@@ -240,6 +240,21 @@ def test_bench_backbone_command_runs_on_tiny():
     assert "| **total** |" in text and "speed-up: measured" in text and "randomly initialised" in text
 
 
+def test_bench_backbone_bf16_protocol_and_p90():
+    """The GPU protocol's pieces on the CPU: bf16 autocast, untimed warm-up runs, median and nearest-rank p90."""
+    from grounding.bench.backbone import bench_backbone, format_backbone, p90
+
+    assert p90([float(v) for v in range(10, 0, -1)]) == 9.0 and p90([5.0]) == 5.0 and p90([1.0, 2.0, 3.0]) == 3.0
+    r = bench_backbone(128, "tome", 0.5, 2, "tiny", repeats=3, device="cpu", dtype="bfloat16", warmup=2)
+    assert len(r["runs"]["dense"]) == len(r["runs"]["compressed"]) == 3
+    assert r["p90"]["dense"] == max(r["runs"]["dense"]) and r["dtype"] == "bfloat16"
+    text = format_backbone(r)
+    assert "bfloat16" in text and "after 2 warm-up" in text and "p90" in text
+    assert r["neck_cosine"] > 0.5  # bf16 outputs compared in float32: finite and related
+    with pytest.raises(ValueError, match="dtype"):
+        bench_backbone(128, model="tiny", dtype="float16")
+
+
 def test_sam_mask_agreement_runs_from_a_checkpoint_file(tmp_path):
     """The --sam-checkpoint path, on a randomly initialised tiny SAM saved under SAM's key names."""
     from datasets.synthetic.images import generate_synthetic2d
