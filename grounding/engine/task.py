@@ -258,6 +258,13 @@ class GroundingTask(L.LightningModule):
         if not math.isfinite(steps):
             raise ValueError("the schedule needs total_steps, but the run length is unbounded: set "
                              "trainer.max_epochs or trainer.max_steps, or the schedule's total_steps")
+        if steps < 1:
+            # Seen on a GPU with the tiny generated pictures: fewer training items than one batch, and
+            # drop_last, give an epoch of no batches; the schedule's own error ("total_steps=0") hid that.
+            batches = getattr(self.trainer, "num_training_batches", None)
+            raise ValueError(f"this run has no optimizer step (training batches per epoch: {batches}): the training "
+                             "set is smaller than one batch and the data config drops the last incomplete batch "
+                             "(data.drop_last): use more data, a smaller data.batch_size or data.drop_last=false")
         return {"total_steps": int(steps)}
 
     def configure_optimizers(self) -> Any:

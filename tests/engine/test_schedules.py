@@ -57,3 +57,5 @@ def test_engine_fills_total_steps_only_when_missing(monkeypatch: pytest.MonkeyPa
     assert task_with(step_lr, 140)._run_length_kwargs() == {}
     with pytest.raises(ValueError, match="unbounded"):
         task_with(functools.partial(warmup_cosine, warmup_steps=2), float("inf"))._run_length_kwargs()
+    with pytest.raises(ValueError, match="smaller than one batch"):  # an epoch of no batches (drop_last)
+        task_with(functools.partial(warmup_cosine, warmup_steps=2), 0)._run_length_kwargs()
