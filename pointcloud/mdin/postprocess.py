@@ -110,11 +110,13 @@ class MDINPostprocess:
         object_iou: IoU above which two selected queries' masks count as one object.
         object_answers: answer with whole predicted objects chosen by the vote of the queries seeded in them
             (module docstring); affinity_threshold: groups of superpoints merge while their mean affinity is above.
+        relative_threshold: object answers only: an object is answered when its mean also reaches this share of
+            the best object's mean (0: off), so weak extras beside a strong target are dropped.
     """
 
     def __init__(self, task_type: str = "gres", threshold: float = 0.5, min_points: int = 50,
                  target_threshold: float | None = None, object_iou: float = 0.5, object_answers: bool = False,
-                 affinity_threshold: float = 0.5) -> None:
+                 affinity_threshold: float = 0.5, relative_threshold: float = 0.0) -> None:
         if task_type not in ("gres", "res"):
             raise ValueError(f"MDINPostprocess.task_type must be 'gres' or 'res', got {task_type!r}")
         if not 0.0 < threshold < 1.0:
@@ -126,6 +128,9 @@ class MDINPostprocess:
             raise ValueError(f"MDINPostprocess.affinity_threshold must lie in [0, 1), got {affinity_threshold}")
         self.target_threshold, self.object_iou = target_threshold, object_iou
         self.object_answers, self.affinity_threshold = object_answers, affinity_threshold
+        if not 0.0 <= relative_threshold <= 1.0:
+            raise ValueError(f"MDINPostprocess.relative_threshold must lie in [0, 1], got {relative_threshold}")
+        self.relative_threshold = relative_threshold
 
     def vote_objects(self, groups: Tensor, query_sp: Tensor, prob: Tensor, valid: Tensor) -> list[tuple[int, float]]:
         """Target objects of one description by the vote of their seeded queries.
@@ -147,6 +152,7 @@ class MDINPostprocess:
         ids, inverse = torch.unique(q_obj, return_inverse=True)
         mean = q_prob.new_zeros(len(ids)).index_add_(0, inverse, q_prob) / torch.bincount(inverse).to(q_prob.dtype)
         th = 0.5 if self.target_threshold is None else self.target_threshold
+        th = max(th, self.relative_threshold * float(mean.max()))  # also at least this share of the best object
         order = torch.argsort(mean, descending=True, stable=True)
         return [(int(ids[i]), float(mean[i])) for i in order.tolist() if float(mean[i]) >= th]
 

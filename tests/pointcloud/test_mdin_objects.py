@@ -67,6 +67,16 @@ def test_vote_objects_by_hand() -> None:
     assert [g for g, _ in chosen] == [0, 2] and chosen[0][1] == pytest.approx(0.6)
     assert MDINPostprocess(object_answers=True, target_threshold=0.58).vote_objects(
         groups, query_sp, prob, valid) == [(0, pytest.approx(0.6))]
+    # relative threshold: also at least this share of the best object's mean (0.6): 0.9 x 0.6 = 0.54 keeps object 2
+    # (0.55), 0.95 x 0.6 = 0.57 drops it; object 4 (0.2) passes the absolute 0.15 alone, not 0.54
+    rel = MDINPostprocess(object_answers=True, target_threshold=0.15, relative_threshold=0.9)
+    assert [g for g, _ in rel.vote_objects(groups, query_sp, prob, valid)] == [0, 2]
+    rel.relative_threshold = 0.95
+    assert [g for g, _ in rel.vote_objects(groups, query_sp, prob, valid)] == [0]
+    assert [g for g, _ in MDINPostprocess(object_answers=True, target_threshold=0.15).vote_objects(
+        groups, query_sp, prob, valid)] == [0, 2, 4]
+    with pytest.raises(ValueError, match="relative_threshold"):
+        MDINPostprocess(relative_threshold=1.5)
     res = MDINPostprocess(task_type="res", object_answers=True).vote_objects(groups, query_sp, prob, valid)
     assert res == [(0, pytest.approx(0.9))]  # the most confident query's object, whatever the mean
     assert post.vote_objects(groups, query_sp, prob, torch.zeros(6, dtype=torch.bool)) == []
