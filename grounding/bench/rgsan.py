@@ -63,6 +63,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _build_rgsan(overrides: Sequence[str], device: torch.device) -> tuple[Any, torch.nn.Module]:
+    """(config, model on ``device``) from ``configs/model/rgsan.yaml`` with ``overrides``, seeded."""
+    from hydra.utils import instantiate
+
+    from grounding.engine.config import load_config
+
+    cfg = load_config("train", ["model=rgsan", *overrides])
+    torch.manual_seed(0)
+    return cfg, instantiate(cfg.model.net).to(device)
+
+
 def bench_rgsan(device: str = "cpu", repeats: int = 5, descriptions: int = 64, work_dir: Path | None = None,
                 overrides: Sequence[str] = (), precision: str = "32") -> dict[str, Any]:
     """Time RG-SAN's forward pass (eval mode, no grad) on one ScanNet-sized scene with ``descriptions`` descriptions.
@@ -76,11 +87,8 @@ def bench_rgsan(device: str = "cpu", repeats: int = 5, descriptions: int = 64, w
     Returns:
         a dict of numbers (seconds, MiB) and the setting.
     """
-    from hydra.utils import instantiate
-
     from datasets.refer3d import Refer3DDataset
     from datasets.transforms import ValTransform
-    from grounding.engine.config import load_config
 
     if precision not in ("32", "16-mixed"):
         raise ValueError(f"the forward benchmark takes precision 32 or 16-mixed, got {precision!r}")
@@ -88,9 +96,8 @@ def bench_rgsan(device: str = "cpu", repeats: int = 5, descriptions: int = 64, w
     scenes, scene_id, records = bench_scene(work_dir, descriptions=descriptions)
     ds = Refer3DDataset(scenes, records, ValTransform(), max_descriptions=descriptions)
     batch = ds.collate([ds[0]]).to(dev)
-    cfg = load_config("train", ["model=rgsan", *overrides])
-    torch.manual_seed(0)
-    model = instantiate(cfg.model.net).to(dev).eval()
+    cfg, model = _build_rgsan(overrides, dev)
+    model.eval()
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=precision == "16-mixed" and dev.type == "cuda")
 
     def forward() -> dict[str, float]:
@@ -155,7 +162,7 @@ def bench_rgsan_train(device: str = "cpu", repeats: int = 5, items: int = 8, des
 
     from datasets.refer3d import Refer3DDataset
     from datasets.transforms import ValTransform
-    from grounding.engine.config import load_config
+    from grounding.engine.task import weighted_loss
 
     if precision not in ("32", "16-mixed", "bf16-mixed"):
         raise ValueError(f"precision must be 32, 16-mixed or bf16-mixed, got {precision!r}")
@@ -164,9 +171,8 @@ def bench_rgsan_train(device: str = "cpu", repeats: int = 5, items: int = 8, des
     ds = Refer3DDataset(scenes, records, ValTransform(), max_descriptions=descriptions)
     picked = _distinct_scenes_first([scene for scene, _ in ds.items], items)
     batch = ds.collate([ds[i] for i in picked]).to(dev)
-    cfg = load_config("train", ["model=rgsan", *overrides])
-    torch.manual_seed(0)
-    model = instantiate(cfg.model.net).to(dev).train()
+    cfg, model = _build_rgsan(overrides, dev)
+    model.train()
     criterion = instantiate(cfg.model.criterion)
     weights = dict(cfg.model.get("loss_weights") or {})
     optimizer = torch.optim.AdamW([dict(g, lr=1e-4 * g.get("lr_scale", 1.0)) for g in model.param_groups()])
@@ -178,7 +184,7 @@ def bench_rgsan_train(device: str = "cpu", repeats: int = 5, items: int = 8, des
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=low or torch.float32, enabled=low is not None):
             terms = criterion(model(batch), batch)
-            loss = sum(weights.get(k, 1.0) * v for k, v in terms.items() if k.startswith("loss_"))
+            loss = weighted_loss(terms, weights)  # as the trainer weighs them
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

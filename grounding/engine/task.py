@@ -84,19 +84,7 @@ class GroundingTask(L.LightningModule):
     # ------------------------------------------------------------------ loss
     def weighted_loss(self, terms: Mapping[str, Tensor]) -> Tensor:
         """Σ_k w_k · term_k over the ``loss_*`` terms (weights from config, default 1)."""
-        unknown = set(self.loss_weights) - set(terms)
-        if unknown:
-            raise KeyError(f"loss_weights name terms the criterion does not return: {sorted(unknown)}; "
-                           f"criterion returns {sorted(terms)}")
-        total = None
-        for name, value in terms.items():
-            if not name.startswith("loss_"):
-                raise KeyError(f"criterion term {name!r} must be named loss_*")
-            part = self.loss_weights.get(name, 1.0) * value
-            total = part if total is None else total + part
-        if total is None:
-            raise ValueError("criterion returned no loss terms")
-        return total
+        return weighted_loss(terms, self.loss_weights)
 
     def _log_terms(self, stage: str, terms: Mapping[str, Tensor], loss: Tensor, batch_size: int) -> None:
         on_step = stage == "train"
@@ -281,3 +269,25 @@ class GroundingTask(L.LightningModule):
         if self.monitor is not None:
             config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def weighted_loss(terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """Σ_k w_k · term_k over a criterion's ``loss_*`` terms; a term missing from ``weights`` has weight 1.
+
+    Raises:
+        KeyError: ``weights`` names a term the criterion does not return, or a term is not named ``loss_*``.
+        ValueError: no terms at all.
+    """
+    unknown = set(weights) - set(terms)
+    if unknown:
+        raise KeyError(f"loss_weights name terms the criterion does not return: {sorted(unknown)}; "
+                       f"criterion returns {sorted(terms)}")
+    total = None
+    for name, value in terms.items():
+        if not name.startswith("loss_"):
+            raise KeyError(f"criterion term {name!r} must be named loss_*")
+        part = weights.get(name, 1.0) * value
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("criterion returned no loss terms")
+    return total
