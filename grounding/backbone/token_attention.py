@@ -157,8 +157,6 @@ class _WindowGeometry:
         self.index = rel_pos_index(pos, pos, ws - 1, ws - 1)  # tables of 2·ws − 1 rows
         self.key_bias = layout.gather(kb[..., None]).reshape(b * g, 1, 1, l)
         self.key_ok = layout.valid.reshape(b * g, 1, 1, l)
-        n = tokens.valid.shape[1]  # padding entries scatter to a dump row n, cut off afterwards
-        self.scatter_index = torch.where(layout.valid, layout.index, n).reshape(b, g * l)
         self.pad_index = self.pad_ok = self.has_pad = None
         grid = tokens.grid
         pad_pos, pad_ok = window_pad_cells(grid, ws, pos.device) if grid is not None else (None, None)
@@ -167,13 +165,6 @@ class _WindowGeometry:
             self.pad_index = rel_pos_index(pos, pp, ws - 1, ws - 1)  # (B·G, L, P)
             self.pad_ok = pad_ok[:g].repeat(b, 1)[:, None, None, :]
             self.has_pad = pad_ok[:g].any(-1).repeat(b)[:, None, None, None]
-
-    def scatter(self, packed: Tensor) -> Tensor:
-        """(B, G, L, C) window outputs -> (B, N, C) in token order; zeros where no member wrote."""
-        b, n = self.scatter_index.shape[0], self.layout.group.shape[1]
-        vals = packed.reshape(b, -1, packed.shape[-1])
-        out = vals.new_zeros(b, n + 1, vals.shape[-1])
-        return out.scatter(1, self.scatter_index[..., None].expand_as(vals), vals)[:, :n]
 
 
 def _windowed(vit: TextAwareViT, blk: Block, tokens: TokenSet, q: Tensor, k: Tensor, v: Tensor, kb: Tensor,
@@ -235,7 +226,7 @@ def token_attention(vit: TextAwareViT, i: int, blk: Block, tokens: TokenSet, tex
         gate = vit.text_gate[i] if vit.use_text_gate else None
     if windowed and tokens.window_id is not None:
         packed, geo = _windowed(vit, blk, tokens, q, k, v, kb, text_kv, tbias, gate, cache, proportional)
-        out = geo.scatter(packed)
+        out = geo.layout.scatter(packed, torch.zeros_like(tokens.x))
         has_pad = geo.pad_index is not None
         shape = {"q": geo.g * geo.l, "k": geo.l + int(has_pad), "table": 2 * (2 * blk.window_size - 1)}
     else:

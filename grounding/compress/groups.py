@@ -13,6 +13,7 @@ straight-through threshold, and the straight-through keep weight itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -58,12 +59,22 @@ class GroupLayout:
         b, g, l = self.index.shape
         return batched_gather(t, self.index.reshape(b, g * l)).reshape(b, g, l, *t.shape[2:])
 
+    @cached_property
+    def scatter_index(self) -> Tensor:
+        """(B, G·L) token index of every member entry; padding entries point at a dump row N (cut off after).
+
+        Computed once per layout (a layout reused by several blocks scatters with the same index).
+        """
+        b, g, l = self.index.shape
+        return torch.where(self.valid, self.index, self.group.shape[1]).reshape(b, g * l)
+
     def scatter(self, values: Tensor, out: Tensor) -> Tensor:
         """Write member values (B, G, L, *) into a copy of ``out`` (B, N, *); other rows are kept."""
         b, g, l = self.index.shape
         n = out.shape[1]
-        # Padding entries go to an extra dump row that is cut off afterwards.
-        idx = torch.where(self.valid, self.index, n).reshape(b, g * l)
+        if n != self.group.shape[1]:
+            raise ValueError(f"scatter: out has {n} tokens, the layout {self.group.shape[1]}")
+        idx = self.scatter_index
         ext = torch.cat([out, out[:, :1]], dim=1).clone()
         vals = values.reshape(b, g * l, *values.shape[3:]).to(out.dtype)
         idx = idx.reshape(b, g * l, *([1] * (out.dim() - 2))).expand_as(vals)
