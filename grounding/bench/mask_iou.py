@@ -10,11 +10,15 @@ ToMe at 50 % from block 2, SAM ViT-B at 1024 px. Two ways to get masks from trai
   outputs/dit_b when present): the DIT run is rebuilt from its saved config, its encoder gets the schedule, and
   masks = sigmoid(logits) >= the run's postprocess threshold, on the canvas pixels of the image (padding excluded).
 
-Both report the mean and the p10 of the per-sample IoU, and (DIT) the mIoU of each against the ground truth.
+Both report the mean and the p10 of the per-sample IoU, and (DIT) the mIoU of each against the ground truth and the
+measured encoder speed-up on the same batches: the image encoder's wall-clock time (text slots included, the
+run's canvas and the evaluation batch size), summed over the validation batches for each arm, the two arms
+interleaved batch by batch with their order alternating (so slow drifts of the machine hit both alike).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,26 @@ def _val_batches(root: str | Path, size: int, batch_size: int, limit: int | None
     return iter(DataLoader(ds, batch_size=batch_size, collate_fn=ds.collate))
 
 
+class _EncoderClock:
+    """Wall-clock seconds spent inside ``module.forward``, summed per arm (``arm`` names the one running)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.arm = "dense"
+        self.seconds: dict[str, float] = {}
+        self._start = 0.0
+        self._hooks = [module.register_forward_pre_hook(self._enter), module.register_forward_hook(self._leave)]
+
+    def _enter(self, *_: Any) -> None:
+        self._start = time.perf_counter()
+
+    def _leave(self, *_: Any) -> None:
+        self.seconds[self.arm] = self.seconds.get(self.arm, 0.0) + time.perf_counter() - self._start
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
 def dit_mask_agreement(run_dir: str | Path, compress: BackboneCompression, limit: int | None = None,
                        batch_size: int = 32) -> dict[str, Any]:
     """Compressed vs uncompressed predictions of a trained DIT run (``<run_dir>/config.yaml`` + last.ckpt)."""
@@ -76,22 +100,32 @@ def dit_mask_agreement(run_dir: str | Path, compress: BackboneCompression, limit
     comp = vit.compression
     agree: list[Tensor] = []
     gt_iou: dict[str, list[Tensor]] = {"dense": [], "compressed": []}
-    with torch.inference_mode():
-        for batch in _val_batches(cfg.data.root, canvas, batch_size, limit):
-            preds = {}
-            for name in ("dense", "compressed"):
-                vit.compression = comp if name == "compressed" else None
-                preds[name] = model(batch).pred_logits >= logit_t
-                gt_iou[name].append(mask_iou(preds[name], batch.gt_masks >= 0.5, batch.valid))
-            agree.append(mask_iou(preds["dense"], preds["compressed"], batch.valid))
+    clock = _EncoderClock(vit)
+    try:
+        with torch.inference_mode():
+            model(next(_val_batches(cfg.data.root, canvas, batch_size, 1)))  # warm-up (text cache, allocator)
+            clock.seconds = {"dense": 0.0, "compressed": 0.0}
+            for i, batch in enumerate(_val_batches(cfg.data.root, canvas, batch_size, limit)):
+                preds = {}
+                for name in ("dense", "compressed") if i % 2 == 0 else ("compressed", "dense"):
+                    clock.arm = name
+                    vit.compression = comp if name == "compressed" else None
+                    preds[name] = model(batch).pred_logits >= logit_t
+                    gt_iou[name].append(mask_iou(preds[name], batch.gt_masks >= 0.5, batch.valid))
+                agree.append(mask_iou(preds["dense"], preds["compressed"], batch.valid))
+    finally:
+        clock.remove()
     vit.compression = comp
+    seconds = clock.seconds
     tokens = [round(t.tokens) for t in comp.trace]
     dense_miou = float(torch.cat(gt_iou["dense"]).mean())
     comp_miou = float(torch.cat(gt_iou["compressed"]).mean())
     return _summary(agree, {"source": f"DIT run {run_dir} (canvas {canvas} px, {vit.patch_size} px patches)",
                             "tokens_per_block": tokens, "miou_dense": 100 * dense_miou,
                             "miou_compressed": 100 * comp_miou,
-                            "retained": 100 * comp_miou / dense_miou if dense_miou > 0 else float("nan")})
+                            "retained": 100 * comp_miou / dense_miou if dense_miou > 0 else float("nan"),
+                            "encoder_seconds": seconds, "batch_size": batch_size,
+                            "encoder_speedup": seconds["dense"] / max(seconds["compressed"], 1e-9)})
 
 
 class _Sam(nn.Module):

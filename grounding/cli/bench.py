@@ -166,7 +166,9 @@ def _run_backbone(args: argparse.Namespace, command: str) -> int:
                 f"over {m['samples']} samples; tokens per block {m['tokens_per_block']}; {m['source']}")
         if "miou_dense" in m:
             line += (f"; mIoU vs ground truth: uncompressed {m['miou_dense']:.1f}, compressed "
-                     f"{m['miou_compressed']:.1f} ({m['retained']:.1f}% retained)")
+                     f"{m['miou_compressed']:.1f} ({m['retained']:.1f}% retained); encoder time over the batches "
+                     f"(batch {m['batch_size']}, interleaved): dense {m['encoder_seconds']['dense']:.2f} s, compressed "
+                     f"{m['encoder_seconds']['compressed']:.2f} s, speed-up {m['encoder_speedup']:.2f}x")
         print(line)
     if not results:
         print("mask IoU: nothing to compare (pass --sam-checkpoint or --dit-run)")

@@ -111,3 +111,35 @@ def test_dit_configs_compose(tiny: Path) -> None:
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert dm.datasets["train"].transform.size == 128 and dm.datasets["val"].transform.train is False
+    assert dm.datasets["train"].transform.scale_steps == 1  # the 128 px recipe trains at the evaluated scale
+
+
+def test_dit_mask_agreement_times_the_encoder_and_checks_the_identity(tiny: Path, tmp_path: Path) -> None:
+    """``grounding bench backbone --mask-iou --dit-run``: a DIT run folder is rebuilt from config.yaml + last.ckpt;
+    ratio 0 is the dense encoder (agreement 1, 100 % retained); ToMe keeps the tokens it says and both arms are
+    timed on the same batches."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from tiny_overrides import TINY
+
+    from grounding.backbone.compression import BackboneCompression
+    from grounding.bench.mask_iou import dit_mask_agreement
+    from grounding.engine.config import load_config
+
+    cfg = load_config("train", [*TINY["dit"], "model.net.image_encoder.depth=2", f"data.root={tiny}"])
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(0)
+    model = instantiate(cfg.task.model)
+    state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
+    torch.save({"state_dict": state}, tmp_path / "checkpoints" / "last.ckpt")
+    n_val = len(refer_image_dataset(tiny, "synthetic2d", "val", Letterbox(size=64)))
+
+    same = dit_mask_agreement(tmp_path, BackboneCompression("tome", 0.0, start_block=1), batch_size=4)
+    assert same["samples"] == n_val and same["mean_iou"] == 1.0 and same["miou_dense"] == same["miou_compressed"]
+    merged = dit_mask_agreement(tmp_path, BackboneCompression("tome", 0.5, start_block=1), batch_size=4)
+    assert merged["tokens_per_block"] == [64, 32]  # 8 x 8 grid at 64 px; half merged before block 1
+    assert 0.0 <= merged["mean_iou"] <= 1.0 and merged["samples"] == n_val
+    assert min(merged["encoder_seconds"].values()) > 0
+    s = merged["encoder_seconds"]
+    assert merged["encoder_speedup"] == pytest.approx(s["dense"] / s["compressed"])
