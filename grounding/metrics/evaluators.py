@@ -57,6 +57,23 @@ class _Targets:
         return None if self.groups is None else list(self.groups)
 
 
+def group_sums(member: Tensor, values: Tensor) -> Tensor:
+    """Per-group sums of integer per-sample values: ``member.T @ values`` computed exactly on any device.
+
+    Args:
+        member: ``(S, G)`` integer 0/1 membership of sample s in group g.
+        values: ``(S,)`` or ``(S, K)`` integer values per sample.
+
+    Returns:
+        ``(G,)`` or ``(G, K)`` sums, same dtype as the inputs.
+    """
+    # A broadcast sum, not a matmul: CUDA has no integer matmul ("addmm_cuda" not implemented for 'Long'),
+    # and a float matmul would round counts above 2^24 (oIoU sums pixels).
+    if values.dim() == 1:
+        return (member * values[:, None]).sum(0)
+    return (member[:, :, None] * values[:, None, :]).sum(0)
+
+
 class ReferringMaskMetric(Metric):
     """mIoU, oIoU and Acc@X (or Prec@X) over referring-segmentation samples, overall and per group.
 
@@ -131,9 +148,9 @@ class ReferringMaskMetric(Metric):
         m = member.long()
         self.iou_sum += (member.double() * iou[:, None]).sum(0)
         self.count += m.sum(0)
-        self.hits += m.T @ hits
-        self.inter_sum += m.T @ inter
-        self.union_sum += m.T @ union
+        self.hits += group_sums(m, hits)
+        self.inter_sum += group_sums(m, inter)
+        self.union_sum += group_sums(m, union)
         self.last_ious = iou
 
     def update_masks(self, pred_masks: Sequence[Tensor], gt_masks: Sequence[Tensor],

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from grounding.metrics.evaluators import MaskPrediction, MaskTargets, ReferringMaskMetric
+from grounding.metrics.evaluators import MaskPrediction, MaskTargets, ReferringMaskMetric, group_sums
 from grounding.metrics.masks import IOU_EPS, intersection_union, iou_from_counts, threshold_hits
 
 GRES_GROUPS = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt", "zt")
@@ -134,11 +134,11 @@ class GeneralizedReferringMaskMetric(ReferringMaskMetric):
         hits = threshold_hits(iou, self.thresholds, self.strict).long()
         self.iou_sum += (member.double() * iou[:, None]).sum(0)
         self.count += m.sum(0)
-        self.hits += m.T @ hits
-        self.zt_count += m.T @ gt_empty.long()
-        self.zt_pred_empty += m.T @ (gt_empty & empty).long()
-        self.tg_count += m.T @ (~gt_empty).long()
-        self.tg_pred_empty += m.T @ (~gt_empty & empty).long()
+        self.hits += group_sums(m, hits)
+        self.zt_count += group_sums(m, gt_empty.long())
+        self.zt_pred_empty += group_sums(m, (gt_empty & empty).long())
+        self.tg_count += group_sums(m, (~gt_empty).long())
+        self.tg_pred_empty += group_sums(m, (~gt_empty & empty).long())
         self.last_ious = iou
 
     def compute(self) -> dict[str, Tensor]:
