@@ -16,7 +16,7 @@ import logging
 import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grounding.text.target_word import select_target
@@ -93,6 +93,8 @@ class Parse:
         target: 1-based index of the target word (the noun naming the referred object).
         target_word: ``words[target - 1]``.
         rule: which target-word rule fired (see :mod:`grounding.text.target_word`).
+        number: n grammatical numbers from spaCy's morphology (``"Sing"``, ``"Plur"``, or ``""`` where the word
+            has none, e.g. determiners and prepositions); empty for parses made before the field existed.
     """
 
     text: str
@@ -104,6 +106,7 @@ class Parse:
     target: int
     target_word: str
     rule: str
+    number: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -111,6 +114,24 @@ class Parse:
     def edges(self) -> list[tuple[int, int, str]]:
         """(dependent, governor, label) per word, 1-based, dependent order; governor 0 = ROOT node."""
         return [(k + 1, h, lab) for k, (h, lab) in enumerate(zip(self.heads, self.labels))]
+
+    @property
+    def target_plural(self) -> bool:
+        """The target word is grammatically plural ("the chairs"): Multi3DRefer's multi-target descriptions are
+        written in the plural and its single-target ones in the singular."""
+        if not self.number:
+            return False
+        t = self.target - 1
+        if self.number[t] == "Plur":
+            return True
+        # "kitchen cabinets": the rules pick the compound's first noun, and its head carries the number. The small
+        # English tagger often reads such a head as a verb ("cabinets": VBZ, Number=Sing by agreement), so an
+        # inflected head ending in "s" counts as plural too.
+        head = self.heads[t]
+        if self.labels[t] != "compound" or head <= 0:
+            return False
+        word, lemma = self.words[head - 1].lower(), self.lemmas[head - 1]
+        return self.number[head - 1] == "Plur" or (word != lemma and word.endswith("s"))
 
     def label_ids(self) -> list[int]:
         """Ids of ``labels`` in :data:`DEPENDENCY_LABELS`."""
@@ -191,7 +212,8 @@ class DependencyParser:
         target, rule = select_target(words, heads, labels, pos, lemmas)
         self.rule_counts[rule] += 1
         log.debug("target %r (rule %s) in %r", words[target - 1], rule, text)
-        return Parse(text, words, heads, labels, pos, lemmas, target, words[target - 1], rule)
+        number = ["/".join(t.morph.get("Number")) for t in doc if not t.is_space]
+        return Parse(text, words, heads, labels, pos, lemmas, target, words[target - 1], rule, number)
 
     def _truncate(self, text: str, doc: Any) -> Any:
         """Cut the text before word ``max_words + 1`` and re-parse it, until it fits."""

@@ -59,6 +59,8 @@ class MDINOutputs:
         text_class_logits: (D, C) class of the referred object(s) read from the main words (``class_match``).
         query_class_match: (D, Q) probability that the object of each query's seed is of that class
             (``class_match``); its log-odds, scaled, are already added to ``pred_indicator[..., 1]``.
+        target_plural: (D,) bool, the description's target word is grammatically plural (from the parse; read
+            by ``MDINPostprocess(grammatical_number=True)``).
     """
 
     pred_masks: Tensor
@@ -82,6 +84,7 @@ class MDINOutputs:
     object_logits: Tensor | None = None
     text_class_logits: Tensor | None = None
     query_class_match: Tensor | None = None
+    target_plural: Tensor | None = None
 
 
 class MDIN(nn.Module):
@@ -179,8 +182,9 @@ class MDIN(nn.Module):
         return lru_lookup(self._parses, texts, self.parser.parse_many, self.parse_cache_size)
 
     # ------------------------------------------------------------------ pieces of the forward pass
-    def _text(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Words (D, T, d), valid (D, T) and the positive word sets of spec §6.7 (D, T) bool each."""
+    def _text(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+        """Words (D, T, d), valid (D, T), the positive word sets of spec §6.7 (D, T) bool each, and (D,) bool
+        grammatically plural targets."""
         parses = self.parse(texts)
         words_in = [list(p.words) + list(NO_OBJECT_SUFFIX) for p in parses]
         feats = self.text_encoder(words_in)
@@ -196,7 +200,8 @@ class MDIN(nn.Module):
                     sets[name][i, idx] = True
             n = len(p.words)
             sets["no_object"][i, [n + 1, n + 2]] = True  # "not", "mentioned" after the "."
-        return words, valid, {k: v.to(device) & valid for k, v in sets.items()}
+        plural = torch.tensor([p.target_plural for p in parses], dtype=torch.bool, device=device)
+        return words, valid, {k: v.to(device) & valid for k, v in sets.items()}, plural
 
     def _class_match(self, words: Tensor, main: Tensor, valid: Tensor, context: Tensor, sp_offsets: Tensor,
                      scene: Tensor, query_sp: Tensor) -> tuple[Tensor, Tensor]:
@@ -238,7 +243,7 @@ class MDIN(nn.Module):
         seed_feats = batched_gather(inst, seeds)[scene]  # (D, K, d)
         seed_sp, seed_valid = seeds[scene], seed_valid_b[scene]
 
-        words, word_valid, word_sets = self._text(batch.texts, device)
+        words, word_valid, word_sets, target_plural = self._text(batch.texts, device)
         main_words = words  # before the decoder's language updates
 
         # Text-driven sampler: the shared text-guided compressor with MDIN's softmax-sum score.
@@ -278,4 +283,4 @@ class MDIN(nn.Module):
             seed_valid=seed_valid, seed_scores=seed_scores, seed_logits=seed_logits,
             sp_semantic_logits=objects.semantic_logits, sp_edges=objects.edges, sp_edge_logits=objects.edge_logits,
             object_groups=objects.groups, object_logits=objects.object_logits, text_class_logits=text_class,
-            query_class_match=match)
+            query_class_match=match, target_plural=target_plural)

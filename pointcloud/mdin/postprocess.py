@@ -112,11 +112,20 @@ class MDINPostprocess:
             (module docstring); affinity_threshold: groups of superpoints merge while their mean affinity is above.
         relative_threshold: object answers only: an object is answered when its mean also reaches this share of
             the best object's mean (0: off), so weak extras beside a strong target are dropped.
+        plural_min_objects: object answers only: a description whose target word is grammatically plural ("the
+            chairs", ``MDINOutputs.target_plural``) and that has an answer is answered with at least this many
+            objects, the next most probable ones added (0: off). A plural names several objects; a vote that
+            passed only one has missed one.
+        singular_max_objects: object answers only: a singular description is answered with at most this many
+            objects, the most probable first (0: off).
+        Both are additions (not MDIN's): Multi3DRefer writes its multi-target descriptions in the plural and its
+        single-target ones in the singular; they never turn an empty answer into a non-empty one.
     """
 
     def __init__(self, task_type: str = "gres", threshold: float = 0.5, min_points: int = 50,
                  target_threshold: float | None = None, object_iou: float = 0.5, object_answers: bool = False,
-                 affinity_threshold: float = 0.5, relative_threshold: float = 0.0) -> None:
+                 affinity_threshold: float = 0.5, relative_threshold: float = 0.0, plural_min_objects: int = 0,
+                 singular_max_objects: int = 0) -> None:
         if task_type not in ("gres", "res"):
             raise ValueError(f"MDINPostprocess.task_type must be 'gres' or 'res', got {task_type!r}")
         if not 0.0 < threshold < 1.0:
@@ -131,13 +140,19 @@ class MDINPostprocess:
         if not 0.0 <= relative_threshold <= 1.0:
             raise ValueError(f"MDINPostprocess.relative_threshold must lie in [0, 1], got {relative_threshold}")
         self.relative_threshold = relative_threshold
+        if plural_min_objects < 0 or singular_max_objects < 0:
+            raise ValueError("MDINPostprocess.plural_min_objects and singular_max_objects must be >= 0, got "
+                             f"{plural_min_objects} and {singular_max_objects}")
+        self.plural_min_objects, self.singular_max_objects = plural_min_objects, singular_max_objects
 
-    def vote_objects(self, groups: Tensor, query_sp: Tensor, prob: Tensor, valid: Tensor) -> list[tuple[int, float]]:
+    def vote_objects(self, groups: Tensor, query_sp: Tensor, prob: Tensor, valid: Tensor,
+                     plural: bool | None = None) -> list[tuple[int, float]]:
         """Target objects of one description by the vote of their seeded queries.
 
         Args:
             groups: (S,) int64 object of each of the scene's superpoints; query_sp: (Q,) scene-local seed
                 superpoint of each query; prob: (Q,) target probabilities; valid: (Q,) bool real queries.
+            plural: the description's target is grammatically plural (None: unknown, no number rule).
 
         Returns:
             ``[(object id, mean probability), ...]`` of the target objects, most probable first (for ``res``: the
@@ -154,7 +169,14 @@ class MDINPostprocess:
         th = 0.5 if self.target_threshold is None else self.target_threshold
         th = max(th, self.relative_threshold * float(mean.max()))  # also at least this share of the best object
         order = torch.argsort(mean, descending=True, stable=True)
-        return [(int(ids[i]), float(mean[i])) for i in order.tolist() if float(mean[i]) >= th]
+        ranked = [(int(ids[i]), float(mean[i])) for i in order.tolist()]
+        chosen = [r for r in ranked if r[1] >= th]
+        if chosen and plural is not None:
+            if plural and len(chosen) < self.plural_min_objects:
+                chosen = ranked[:self.plural_min_objects]
+            elif not plural and self.singular_max_objects:
+                chosen = chosen[:self.singular_max_objects]
+        return chosen
 
     def select(self, indicator: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """(D, Q) bool selected queries and (D, Q) target probabilities from (D, Q, 2) logits."""
@@ -209,6 +231,7 @@ class MDINPostprocess:
         prob = outputs.pred_indicator[-1].detach().float().softmax(-1)[..., 1] * outputs.query_valid
         groups = group_superpoints(outputs.sp_edges, outputs.sp_edge_logits.detach().sigmoid(), batch.sp_offsets,
                                    self.affinity_threshold).to(prob.device)
+        number = getattr(outputs, "target_plural", None)  # outputs without it: no number rule
         out: list[MDINPrediction] = []
         desc, offsets = batch.desc_offsets.tolist(), batch.sp_offsets.tolist()
         for b in range(batch.num_scenes):
@@ -219,7 +242,8 @@ class MDINPostprocess:
             local = (batch.superpoint[batch.point_slice(b)] - batch.sp_offsets[b]).to(prob.device)
             for d in range(desc[b], desc[b + 1]):
                 rec = batch.records[d]
-                chosen = self.vote_objects(local_groups, outputs.query_sp[d], prob[d], outputs.query_valid[d])
+                plural = None if number is None else bool(number[d])
+                chosen = self.vote_objects(local_groups, outputs.query_sp[d], prob[d], outputs.query_valid[d], plural)
                 point_group = local_groups[local]  # (P_b,) object of each point
                 obj_points = [point_group == g for g, _ in chosen]
                 point_mask = (torch.stack(obj_points).any(0) if obj_points

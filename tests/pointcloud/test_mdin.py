@@ -171,6 +171,7 @@ def test_forward_backward_shapes_and_gradients(scenes: Path, encoder: TextEncode
     # queries sit on their own scene's seeds
     for i in range(d):
         assert set(out.query_sp[i][out.query_valid[i]].tolist()) <= set(out.seed_sp[i].tolist())
+    assert out.target_plural.shape == (d,) and out.target_plural.dtype == torch.bool
     # the no-object slot is the last two words ("not", "mentioned")
     assert out.word_sets["no_object"].sum(1).tolist() == [2] * d
     terms = MDINCriterion()(out, batch)

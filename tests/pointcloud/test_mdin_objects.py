@@ -82,6 +82,32 @@ def test_vote_objects_by_hand() -> None:
     assert post.vote_objects(groups, query_sp, prob, torch.zeros(6, dtype=torch.bool)) == []
 
 
+def test_vote_objects_grammatical_number_by_hand() -> None:
+    groups = torch.tensor([0, 0, 2, 2, 4, 5])
+    query_sp = torch.tensor([0, 1, 2, 3, 4, 5])
+    prob = torch.tensor([0.9, 0.3, 0.6, 0.5, 0.2, 0.7])  # object means: 0 -> 0.6, 2 -> 0.55, 4 -> 0.2
+    valid = torch.tensor([True, True, True, True, True, False])
+    strict = MDINPostprocess(object_answers=True, target_threshold=0.58, plural_min_objects=2,
+                             singular_max_objects=1)
+    # plural: the vote passes object 0 alone; the next most probable (object 2) joins it
+    assert [g for g, _ in strict.vote_objects(groups, query_sp, prob, valid, plural=True)] == [0, 2]
+    # singular or unknown number: unchanged (one object passes)
+    assert [g for g, _ in strict.vote_objects(groups, query_sp, prob, valid, plural=False)] == [0]
+    loose = MDINPostprocess(object_answers=True, target_threshold=0.15, plural_min_objects=2,
+                            singular_max_objects=1)
+    assert [g for g, _ in loose.vote_objects(groups, query_sp, prob, valid, plural=False)] == [0]  # capped at 1
+    assert [g for g, _ in loose.vote_objects(groups, query_sp, prob, valid, plural=True)] == [0, 2, 4]
+    assert [g for g, _ in loose.vote_objects(groups, query_sp, prob, valid, plural=None)] == [0, 2, 4]
+    # an empty answer stays empty whatever the number
+    none = MDINPostprocess(object_answers=True, target_threshold=0.95, plural_min_objects=2)
+    assert none.vote_objects(groups, query_sp, prob, valid, plural=True) == []
+    # fewer objects than asked for: all there are
+    three = MDINPostprocess(object_answers=True, target_threshold=0.58, plural_min_objects=5)
+    assert [g for g, _ in three.vote_objects(groups, query_sp, prob, valid, plural=True)] == [0, 2, 4]
+    with pytest.raises(ValueError, match="plural_min_objects"):
+        MDINPostprocess(plural_min_objects=-1)
+
+
 def _object_outputs(batch, query_sp: torch.Tensor, target: torch.Tensor) -> SimpleNamespace:
     """Outputs whose affinities are exactly "same annotated instance" and whose queries sit on ``query_sp``."""
     edges, _ = superpoint_edges(batch.coord, batch.superpoint, batch.point_scene, 0.1)  # box points: 7.5 cm apart

@@ -224,3 +224,18 @@ def test_real_scanrefer_agreement(parser: DependencyParser):
     # leaves room for other spaCy versions. See docs/text.md for the three misses.
     assert rate >= 0.92
     assert unk == 0
+
+
+@pytest.mark.parametrize("text, plural", [
+    ("these are the chairs that are to the left of the picture if you face the television.", True),
+    ("they are the white windows.", True),
+    ("the trash cans near the door.", True),
+    ("the kitchen cabinets above the sink.", True),   # compound target; the tagger reads "cabinets" as a verb
+    ("the night stand next to the bed.", False),
+    ("the chair next to the table.", False),
+    ("it is the brown pillow on the bed.", False),
+])
+def test_target_plural(parser: DependencyParser, text: str, plural: bool):
+    p = parser.parse(text)
+    assert p.target_plural is plural
+    assert len(p.number) == len(p.words) and set(p.number) <= {"Sing", "Plur", ""}
