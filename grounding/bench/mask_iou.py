@@ -96,7 +96,15 @@ def dit_mask_agreement(run_dir: str | Path, compress: BackboneCompression, limit
     logit_t = torch.logit(torch.tensor(threshold)).item()
     canvas = int(cfg.data.source.canvas)
     vit = model.image_encoder
-    vit.set_compression(compress)
+    schedule = f"{compress.method} {compress.ratio:g} at blocks {list(compress.blocks)}"
+    if vit.compression is None:
+        vit.set_compression(compress)
+    else:
+        # A run trained with a schedule keeps its own: learned compressors (pool queries, a learned scorer) carry
+        # trained parameters that a schedule built from the command line would replace with fresh ones. Its
+        # "uncompressed" arm is then the same weights with the schedule removed.
+        own = vit.compression
+        schedule = f"the run's own trained {own.method} {own.ratio:g} at blocks {list(own.blocks)}"
     comp = vit.compression
     agree: list[Tensor] = []
     gt_iou: dict[str, list[Tensor]] = {"dense": [], "compressed": []}
@@ -120,7 +128,8 @@ def dit_mask_agreement(run_dir: str | Path, compress: BackboneCompression, limit
     tokens = [round(t.tokens) for t in comp.trace]
     dense_miou = float(torch.cat(gt_iou["dense"]).mean())
     comp_miou = float(torch.cat(gt_iou["compressed"]).mean())
-    return _summary(agree, {"source": f"DIT run {run_dir} (canvas {canvas} px, {vit.patch_size} px patches)",
+    return _summary(agree, {"source": f"DIT run {run_dir} (canvas {canvas} px, {vit.patch_size} px patches; "
+                                      f"schedule: {schedule})",
                             "tokens_per_block": tokens, "miou_dense": 100 * dense_miou,
                             "miou_compressed": 100 * comp_miou,
                             "retained": 100 * comp_miou / dense_miou if dense_miou > 0 else float("nan"),

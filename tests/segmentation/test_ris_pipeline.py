@@ -143,3 +143,39 @@ def test_dit_mask_agreement_times_the_encoder_and_checks_the_identity(tiny: Path
     assert min(merged["encoder_seconds"].values()) > 0
     s = merged["encoder_seconds"]
     assert merged["encoder_speedup"] == pytest.approx(s["dense"] / s["compressed"])
+    assert "schedule: tome 0.5 at blocks [1]" in merged["source"]
+
+
+def test_dit_mask_agreement_keeps_a_trained_schedule(tiny: Path, tmp_path: Path) -> None:
+    """A run trained with a learned compressor (pool queries) is compared with its own trained schedule: the
+    command line's schedule would bring fresh parameters. Two checkpoints that differ only in the pool's
+    parameters must give different compressed predictions, with the global RNG reset before each call (a fresh
+    schedule would be initialised identically both times)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from tiny_overrides import TINY
+
+    from grounding.backbone.compression import BackboneCompression
+    from grounding.bench.mask_iou import dit_mask_agreement
+    from grounding.engine.config import load_config
+
+    cfg = load_config("train", [*TINY["dit"], "model.net.image_encoder.depth=2", f"data.root={tiny}", "compress=pool",
+                                "compress.ratio=0.5", "compress.start_block=1"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.task.model)
+    pool_keys = [k for k in model.state_dict() if k.startswith("image_encoder.compression.")]
+    assert pool_keys, "a pool schedule has learned parameters"
+    results = []
+    for scale in (1.0, -3.0):
+        run = tmp_path / f"run{scale}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        state = {f"model.{k}": (v * scale if k in pool_keys else v) for k, v in model.state_dict().items()
+                 if not k.startswith("text_encoder.")}
+        torch.save({"state_dict": state}, run / "checkpoints" / "last.ckpt")
+        torch.manual_seed(1)
+        results.append(dit_mask_agreement(run, BackboneCompression("tome", 0.5, start_block=1), batch_size=4))
+    assert all("the run's own trained pool 0.5 at blocks [1]" in r["source"] for r in results)
+    assert results[0]["miou_dense"] == results[1]["miou_dense"]  # the pool's parameters are outside the dense arm
+    assert results[0]["mean_iou"] != results[1]["mean_iou"] or \
+        results[0]["miou_compressed"] != results[1]["miou_compressed"]
