@@ -145,13 +145,17 @@ class DIT(nn.Module):
             map is added to the image embedding before the mask decoder: local colour and shape evidence for the
             decoder's text-to-image attention, which a ViT trained from scratch has not learnt yet. None (default):
             DIT's decoder input. Zero-initialised projection when ``sam_checkpoint`` is set (SAM's start kept).
+        decoder_pad_mask: leave the padded text slots out of the mask decoder's attention over its tokens
+            (:class:`~segmentation.mask_decoder.BatchedMaskDecoder` ``token_mask``). False (default): DIT's decoder,
+            where every slot takes part.
     """
 
     def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
                  edit_mode: str = "code", text_slots: int = 20, dropout: float = 0.1, zero_text: bool = False,
                  prompt_encoder: PromptEncoder | None = None, mask_decoder: MaskDecoder | None = None,
                  align_corners: bool = False, sam_checkpoint: str | None = None, pixel_branch: bool = False,
-                 zero_init_injection: bool = True, spatial_prior: int | None = None) -> None:
+                 zero_init_injection: bool = True, spatial_prior: int | None = None,
+                 decoder_pad_mask: bool = False) -> None:
         super().__init__()
         if text_slots < 1:
             raise ValueError(f"DIT.text_slots must be >= 1, got {text_slots}")
@@ -171,6 +175,7 @@ class DIT(nn.Module):
         self.text_slots = text_slots
         self.zero_text = zero_text
         self.align_corners = align_corners
+        self.decoder_pad_mask = decoder_pad_mask
         self.sam_checkpoint = sam_checkpoint
         self.pixel_branch = None
         if pixel_branch:
@@ -240,7 +245,9 @@ class DIT(nn.Module):
             size = (4 * h, 4 * w)  # the decoder's upscaled grid; the canvas / 2 when patch_size is 8
             if highres.shape[-2:] != size:
                 highres = F.interpolate(highres, size=size, mode="bilinear", align_corners=False)
-        masks, iou = self.mask_decoder.predict_masks(embedding, image_pe, self.text_proj(text), dense, highres)
+        token_mask = text_mask if self.decoder_pad_mask else None
+        masks, iou = self.mask_decoder.predict_masks(embedding, image_pe, self.text_proj(text), dense, highres,
+                                                     token_mask=token_mask)
         low = masks[:, 0]  # mask token 0: SAM's single-mask output (multimask_output=False)
         iou = iou[:, :1]
         pred = F.interpolate(masks[:, :1], size=(S_h, S_w), mode="bilinear", align_corners=self.align_corners)

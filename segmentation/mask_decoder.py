@@ -6,15 +6,64 @@ builds B*B rows, and when the dense embedding has one row (what ``PromptEncoder`
 boxes or masks) the addition broadcasts silently and every prompt is paired with every image.
 :class:`BatchedMaskDecoder` overrides only ``predict_masks`` so that row b of the prompts pairs with image b;
 the parameters are the parent's, under the parent's names, so official ``mask_decoder.*`` weights load as is.
+
+``token_mask`` (not SAM's): padded prompt slots are left out of the attention whose keys are the tokens (the
+tokens' self-attention and the image-to-token attention). SAM's prompts have no padding; DIT's 20 text slots are
+mostly padding for a short expression, and every padded slot carries the same vector (the projection of zeros),
+so without the mask they draw most of the image tokens' attention away from the words.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling.transformer import Attention
 from torch import Tensor
 
-__all__ = ["BatchedMaskDecoder", "build_sam_mask_decoder", "build_sam_prompt_encoder"]
+__all__ = ["BatchedMaskDecoder", "KeyMaskedAttention", "build_sam_mask_decoder", "build_sam_prompt_encoder"]
+
+
+class KeyMaskedAttention(Attention):
+    """SAM's ``Attention`` with an optional key mask (same parameters and names).
+
+    ``key_mask`` (B, N_k) bool, True = attend, is set for the duration of one decoder call by
+    :meth:`BatchedMaskDecoder.predict_masks`; None is SAM's attention exactly.
+    """
+
+    key_mask: Tensor | None = None
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.key_mask is None:
+            return super().forward(q, k, v)
+        q = self._separate_heads(self.q_proj(q), self.num_heads)
+        k = self._separate_heads(self.k_proj(k), self.num_heads)
+        v = self._separate_heads(self.v_proj(v), self.num_heads)
+        attn = q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1])  # (B, heads, N_q, N_k)
+        attn = attn.masked_fill(~self.key_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+        return self.out_proj(self._recombine_heads(attn @ v))
+
+
+def _token_keyed(transformer: TwoWayTransformer) -> list[Attention]:
+    """The attention modules of a two-way transformer whose keys are the tokens."""
+    return [m for layer in transformer.layers for m in (layer.self_attn, layer.cross_attn_image_to_token)]
+
+
+@contextlib.contextmanager
+def _masked_token_keys(transformer: TwoWayTransformer, mask: Tensor | None) -> Iterator[None]:
+    modules = _token_keyed(transformer) if mask is not None else []
+    for m in modules:
+        if not isinstance(m, KeyMaskedAttention):
+            m.__class__ = KeyMaskedAttention  # same parameters; only the forward changes
+        m.key_mask = mask
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.key_mask = None
 
 
 class BatchedMaskDecoder(MaskDecoder):
@@ -25,7 +74,8 @@ class BatchedMaskDecoder(MaskDecoder):
     """
 
     def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                      dense_prompt_embeddings: Tensor, highres: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                      dense_prompt_embeddings: Tensor, highres: Tensor | None = None,
+                      token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Masks and IoU predictions of every mask token.
 
         Args:
@@ -35,6 +85,8 @@ class BatchedMaskDecoder(MaskDecoder):
             dense_prompt_embeddings: (1 or B, C, h, w), added to the image embedding.
             highres: optional (B, C/8, 4h, 4w) features added to the upscaled embedding before the per-token
                 dot product (finer mask edges, as HQ-SAM adds early features there); None is SAM's decoder.
+            token_mask: optional (B, N) bool, True on the real prompt tokens; padded ones are left out of the
+                attention over the tokens (module docstring). None is SAM's decoder.
 
         Returns:
             masks (B, num_mask_tokens, 4h, 4w) logits and iou_pred (B, num_mask_tokens).
@@ -50,7 +102,11 @@ class BatchedMaskDecoder(MaskDecoder):
         src = (image_embeddings + dense_prompt_embeddings).expand(B, -1, -1, -1)
         pos_src = image_pe.expand(B, -1, -1, -1)
         b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
+        key_mask = None
+        if token_mask is not None:
+            key_mask = torch.cat([token_mask.new_ones(B, output_tokens.shape[1]), token_mask.bool()], dim=1)
+        with _masked_token_keys(self.transformer, key_mask):
+            hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
 

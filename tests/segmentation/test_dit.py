@@ -144,6 +144,44 @@ def test_batched_decoder_pairs_prompt_b_with_image_b_and_stock_builds_b_squared_
         ours(emb[:2], pe, sparse, dense, multimask_output=False)
 
 
+def test_decoder_token_mask_equals_dropping_the_padded_prompts():
+    torch.manual_seed(0)
+    dec = build_sam_mask_decoder(transformer_dim=64, mlp_dim=128, num_heads=4).eval()
+    names = list(dec.state_dict())
+    B, N = 3, 6
+    emb, pe = torch.randn(B, 64, 4, 4), torch.randn(1, 64, 4, 4)
+    sparse, dense = torch.randn(B, N, 64), torch.randn(1, 64, 4, 4)
+    lengths = [6, 2, 4]
+    mask = torch.arange(N)[None, :] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        got, iou = dec.predict_masks(emb, pe, sparse, dense, token_mask=mask)
+        for b, n in enumerate(lengths):  # the same image alone with only its real prompts
+            alone, alone_iou = dec.predict_masks(emb[b:b + 1], pe, sparse[b:b + 1, :n], dense)
+            torch.testing.assert_close(got[b:b + 1], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(iou[b:b + 1], alone_iou, atol=1e-5, rtol=1e-5)
+        plain, _ = dec.predict_masks(emb, pe, sparse, dense)  # no mask afterwards: SAM's decoder again
+        full, _ = dec.predict_masks(emb, pe, sparse, dense, token_mask=torch.ones(B, N, dtype=torch.bool))
+    torch.testing.assert_close(plain, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain[1], got[1], atol=1e-3)  # row 1's four padded prompts did change its masks
+    assert list(dec.state_dict()) == names  # SAM's parameter names are kept
+
+
+def test_dit_with_both_pad_masks_does_not_depend_on_the_number_of_text_slots(text_encoder):
+    """With the ViT's and the decoder's pad masks, padded slots take part nowhere: 12 slots or 24 give the same
+    masks for short expressions; without the decoder's mask they do not."""
+    S = 64
+    batch = make_batch(torch.randn(2, 3, S, S), TEXTS)
+    outs = {}
+    for pad_mask in (True, False):
+        for slots in (12, 24):
+            model = make_dit(text_encoder, text_slots=slots, decoder_pad_mask=pad_mask, text_gate=False,
+                             zero_init_injection=False).eval()
+            with torch.no_grad():
+                outs[pad_mask, slots] = model(batch).pred_logits
+    torch.testing.assert_close(outs[True, 12], outs[True, 24], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(outs[False, 12], outs[False, 24], atol=1e-3)
+
+
 # ------------------------------------------------------------------ forward / backward
 @pytest.mark.parametrize(("mode", "edit_mode"), [("ldit", "code"), ("edit", "code"), ("edit", "paper")])
 def test_forward_backward_reach_injection_and_vit(text_encoder, mode, edit_mode):
