@@ -14,6 +14,7 @@ from datasets.batch3d import ReferBatch3D
 from datasets.scannet.scene import PreparedScene
 from datasets.sources3d import multi3drefer_dataset
 from datasets.transforms import ValTransform
+from grounding.metrics.evaluators import ReferringMaskMetric, group_sums
 from grounding.metrics.gres import GRES_GROUPS, GeneralizedReferringMaskMetric, gres_ious
 from pointcloud.gres_baseline import class_name_baseline, load_instance_labels, main, normalise_class_name
 
@@ -263,3 +264,46 @@ def test_missing_instance_labels_is_a_clear_error(tmp_path: Path) -> None:
                   np.zeros(2, np.int64), np.zeros(2, np.int64)).save(tmp_path)
     with pytest.raises(ValueError, match="scene0901_00.*meta.json.*instance_labels"):
         load_instance_labels(tmp_path, ["scene0901_00"])
+
+
+# ------------------------------------------------------------------ per-group sums, on any device
+# CUDA has no integer matmul, so the metrics' first form (``member.T @ counts``) raised "addmm_cuda not implemented
+# for 'Long'" in every GPU evaluation (found on an H100, docs/benchmarks.md); both metrics now use group_sums.
+def test_group_sums_by_hand_and_exact_above_float_precision() -> None:
+    member = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 0]])           # 3 samples, groups: overall, a, b
+    big = 2**40 + 1                                                      # a pixel count float32 would round
+    values = torch.tensor([big, 5, 7])
+    assert group_sums(member, values).tolist() == [big + 12, big + 7, 5]
+    hits = torch.tensor([[1, 0], [1, 1], [0, 0]])
+    assert group_sums(member, hits).tolist() == [[2, 1], [1, 0], [1, 1]]
+    assert group_sums(member, values).dtype == torch.long
+
+
+def _random_case(seed: int, n_samples: int = 24, n: int = 300):
+    rng = np.random.default_rng(seed)
+    preds, gts, groups = [], [], []
+    for k in range(n_samples):
+        gts.append(torch.from_numpy(rng.random(n) < (0.0 if k % 6 == 0 else 0.3)))
+        preds.append(Pred(torch.from_numpy(rng.random(n) < (0.0 if k % 5 == 0 else 0.3)), no_target=k == 7))
+        groups.append(GRES_GROUPS[k % len(GRES_GROUPS)])
+    return preds, gts, groups
+
+
+def _compute(metric, preds, gts, groups, device: str) -> dict[str, float]:
+    metric = metric.to(device)
+    moved = [Pred(p.pred_mask.to(device), p.no_target) for p in preds]
+    metric.update(moved[:10], Targets([g.to(device) for g in gts[:10]], groups[:10]))
+    metric.update(moved[10:], Targets([g.to(device) for g in gts[10:]], groups[10:]))
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("make", [lambda: ReferringMaskMetric(thresholds=(0.25, 0.5), acc_name="Prec"),
+                                  lambda: GeneralizedReferringMaskMetric()], ids=["ris", "gres"])
+def test_mask_metrics_on_cuda_equal_the_cpu(make) -> None:
+    preds, gts, groups = _random_case(0)
+    cpu = _compute(make(), preds, gts, groups, "cpu")
+    cuda = _compute(make(), preds, gts, groups, "cuda")
+    assert cpu.keys() == cuda.keys() and "overall/mIoU" in cpu
+    for key, value in cpu.items():
+        assert cuda[key] == pytest.approx(value, abs=1e-9), key
