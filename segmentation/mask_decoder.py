@@ -54,10 +54,9 @@ def _token_keyed(transformer: TwoWayTransformer) -> list[Attention]:
 
 @contextlib.contextmanager
 def _masked_token_keys(transformer: TwoWayTransformer, mask: Tensor | None) -> Iterator[None]:
+    """Set ``mask`` on the token-keyed attentions (made :class:`KeyMaskedAttention` at construction) for one call."""
     modules = _token_keyed(transformer) if mask is not None else []
     for m in modules:
-        if not isinstance(m, KeyMaskedAttention):
-            m.__class__ = KeyMaskedAttention  # same parameters; only the forward changes
         m.key_mask = mask
     try:
         yield
@@ -69,9 +68,16 @@ def _masked_token_keys(transformer: TwoWayTransformer, mask: Tensor | None) -> I
 class BatchedMaskDecoder(MaskDecoder):
     """``MaskDecoder`` whose ``predict_masks`` pairs prompt row b with image b (no repeat of the image).
 
-    Constructor and ``forward`` are the parent's (``forward(image_embeddings, image_pe,
+    Constructor arguments and ``forward`` are the parent's (``forward(image_embeddings, image_pe,
     sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output) -> (masks, iou_pred)``).
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The attentions keyed by the tokens accept a key mask (``token_mask``); same parameters and names, and
+        # without a mask their forward is SAM's.
+        for m in _token_keyed(self.transformer):
+            m.__class__ = KeyMaskedAttention
 
     def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                       dense_prompt_embeddings: Tensor, highres: Tensor | None = None,
