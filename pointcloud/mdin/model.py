@@ -60,7 +60,7 @@ class MDINOutputs:
         query_class_match: (D, Q) probability that the object of each query's seed is of that class
             (``class_match``); its log-odds, scaled, are already added to ``pred_indicator[..., 1]``.
         target_plural: (D,) bool, the description's target word is grammatically plural (from the parse; read
-            by ``MDINPostprocess(grammatical_number=True)``).
+            by ``MDINPostprocess``'s ``plural_min_objects`` and ``singular_max_objects``).
     """
 
     pred_masks: Tensor
