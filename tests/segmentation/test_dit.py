@@ -210,6 +210,21 @@ def test_forward_backward_reach_injection_and_vit(text_encoder, mode, edit_mode)
     assert joint.text_inject.layers[0].weight.grad.abs().sum() > 0
 
 
+def train_steps(model: DIT, batch: ReferBatch2D, criterion: DITCriterion, steps: int,
+                optimizer: type[torch.optim.Optimizer] = torch.optim.Adam) -> list[float]:
+    """Train ``model`` on ``batch`` for ``steps`` (lr 1e-3, the sum of the criterion's terms); the losses."""
+    opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = sum(criterion(model(batch), batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_overfits_one_image(text_encoder):
     torch.manual_seed(0)
     S = 64
@@ -218,16 +233,8 @@ def test_overfits_one_image(text_encoder):
     gt[:, 16:40, 20:44] = 1.0
     image[:, 0][gt.bool()] += 1.5
     batch = make_batch(image, ["the red square"], gt)
-    model = make_dit(text_encoder, mode="ldit").train()
-    criterion = DITCriterion()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(100):
-        loss = criterion(model(batch), batch)["loss_mask"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    model = make_dit(text_encoder, mode="ldit")
+    losses = train_steps(model, batch, DITCriterion(), 100)  # DIT's BCE: the only term is loss_mask
     model.eval()
     with torch.no_grad():
         pred = DITPostprocess(0.5)(model(batch), batch)[0]
@@ -259,14 +266,7 @@ def two_colour_batch(n_images: int = 4, S: int = 64) -> ReferBatch2D:
 
 def fit_and_score(model: DIT, batch: ReferBatch2D, steps: int) -> torch.Tensor:
     """Train on ``batch`` for ``steps`` (AdamW 1e-3, BCE + Dice); per-row IoU of the eval-mode masks (logit > 0)."""
-    criterion = DITCriterion("bce_dice")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model.train()
-    for _ in range(steps):
-        loss = sum(criterion(model(batch), batch).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, batch, DITCriterion("bce_dice"), steps, torch.optim.AdamW)
     model.eval()
     with torch.no_grad():
         pred = model(batch).pred_logits > 0
