@@ -28,6 +28,7 @@ exactly SAM's at initialisation; ``text_gate=False`` reproduces DIT's joint atte
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,9 @@ from grounding.backbone.checkpoint import SamLoadReport, load_sam_weights
 from grounding.backbone.sam_vit import TextAwareViT, TextHook
 from grounding.backbone.spatial_prior import SpatialPrior
 from grounding.text.encoder import TextEncoder
+from grounding.text.parser import DependencyParser, Parse, lru_lookup
+from grounding.text.roles import NUM_ROLES, PAD, referring_roles
+from segmentation.fusion import WordPixelFusion
 from segmentation.mask_decoder import build_sam_mask_decoder, build_sam_prompt_encoder
 
 __all__ = ["DIT", "DITOutputs", "TextInjection"]
@@ -51,6 +55,9 @@ EDIT_MODES = ("code", "paper")
 # Parts of SAM's prompt encoder / decoder that never reach DIT's loss (points, boxes, mask input, the IoU head,
 # the multimask hypernetworks). They load from checkpoints but stay frozen, so every trainable parameter gets a
 # gradient (DDP without find_unused_parameters; the released code needed it).
+# Initial scale of the role embedding: about the per-element spread of MiniLM's word features (0.45), so that at
+# step 0 a word's role is as visible in its slot as the word itself.
+ROLE_INIT_STD = 0.5
 _UNUSED_SAM_PREFIXES = ("prompt_encoder.point_embeddings.", "prompt_encoder.not_a_point_embed.",
                         "prompt_encoder.mask_downscaling.", "mask_decoder.iou_prediction_head.",
                         "mask_decoder.output_hypernetworks_mlps.1.", "mask_decoder.output_hypernetworks_mlps.2.",
@@ -148,6 +155,15 @@ class DIT(nn.Module):
         decoder_pad_mask: leave the padded text slots out of the mask decoder's attention over its tokens
             (:class:`~segmentation.mask_decoder.BatchedMaskDecoder` ``token_mask``). False (default): DIT's decoder,
             where every slot takes part.
+        text_roles: the text slots are the expression's *words* (the dependency parser's, sub-words mean-pooled by
+            the text encoder) plus a learned embedding of each word's role: the referent's own phrase, a relation
+            word or the locating context (:func:`~grounding.text.roles.referring_roles`). In "the yellow cup below
+            the purple circle" the two colours then differ by more than their place in the sentence. Not DIT's
+            (False: sub-word tokens, special tokens included, no roles); parses are cached by text.
+        parse_cache_size: entries of that parse cache.
+        pixel_word_fusion: LAVT's pixel-word attention with multiplicative fusion
+            (:class:`~segmentation.fusion.WordPixelFusion`) on the image embedding before the mask decoder. Not
+            DIT's (False); zero-initialised output when ``sam_checkpoint`` is set.
     """
 
     def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
@@ -155,7 +171,8 @@ class DIT(nn.Module):
                  prompt_encoder: PromptEncoder | None = None, mask_decoder: MaskDecoder | None = None,
                  align_corners: bool = False, sam_checkpoint: str | None = None, pixel_branch: bool = False,
                  zero_init_injection: bool = True, spatial_prior: int | None = None,
-                 decoder_pad_mask: bool = False) -> None:
+                 decoder_pad_mask: bool = False, text_roles: bool = False,
+                 parse_cache_size: int = 200_000, pixel_word_fusion: bool = False) -> None:
         super().__init__()
         if text_slots < 1:
             raise ValueError(f"DIT.text_slots must be >= 1, got {text_slots}")
@@ -188,6 +205,18 @@ class DIT(nn.Module):
         if spatial_prior is not None:
             self.spatial_prior = SpatialPrior([float(image_encoder.patch_size)], decoder_dim, int(spatial_prior),
                                               zero_init=sam_checkpoint is not None)
+        self.fusion = None
+        if pixel_word_fusion:
+            self.fusion = WordPixelFusion(decoder_dim, text_dim, zero_init=sam_checkpoint is not None)
+        self.role_embed = None
+        if text_roles:
+            self.role_embed = nn.Embedding(NUM_ROLES, text_dim, padding_idx=PAD)
+            nn.init.normal_(self.role_embed.weight, std=ROLE_INIT_STD)
+            with torch.no_grad():
+                self.role_embed.weight[PAD].zero_()
+            self.parser = DependencyParser()
+            self.parse_cache_size = parse_cache_size
+            self._parses: OrderedDict[str, Parse] = OrderedDict()
         for name, p in self.named_parameters():
             if name.startswith(_UNUSED_SAM_PREFIXES):
                 p.requires_grad_(False)
@@ -195,7 +224,7 @@ class DIT(nn.Module):
     @property
     def new_parameter_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the modules DIT adds to SAM (absent from official checkpoints)."""
-        return ("text_inject.", "text_proj.", "pixel_branch.", "spatial_prior.",
+        return ("text_inject.", "text_proj.", "pixel_branch.", "spatial_prior.", "role_embed.", "fusion.",
                 *(f"image_encoder.{p}" for p in self.image_encoder.new_parameter_prefixes))
 
     def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
@@ -214,9 +243,16 @@ class DIT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def encode_text(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
-        """Text features cut / padded to T slots: (B, T, C_text) float and (B, T) bool (True = real token)."""
-        feats = self.text_encoder(list(texts))
-        tokens, mask = feats.tokens.to(device), feats.token_mask.to(device)
+        """Text features cut / padded to T slots: (B, T, C_text) float and (B, T) bool (True = real token).
+
+        Sub-word tokens (special tokens included), or with ``text_roles`` the parsed words plus their role
+        embeddings.
+        """
+        if self.role_embed is None:
+            feats = self.text_encoder(list(texts))
+            tokens, mask = feats.tokens.to(device), feats.token_mask.to(device)
+        else:
+            tokens, mask = self._words_with_roles(texts, device)
         T = self.text_slots
         tokens, mask = tokens[:, :T], mask[:, :T]
         if tokens.shape[1] < T:
@@ -228,6 +264,18 @@ class DIT(nn.Module):
             tokens = torch.zeros_like(tokens)
         return tokens, mask
 
+    def _words_with_roles(self, texts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """(B, W, C_text) word features plus role embeddings, and the (B, W) word mask."""
+        parses = lru_lookup(self._parses, list(texts), self.parser.parse_many, self.parse_cache_size)
+        feats = self.text_encoder([p.words for p in parses])
+        words, mask = feats.words.to(device), feats.word_mask.to(device)
+        roles = torch.full(mask.shape, PAD, dtype=torch.long)
+        for b, parse in enumerate(parses):
+            r = referring_roles(parse)[: mask.shape[1]]
+            roles[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        roles = roles.to(device).masked_fill(~mask, PAD)  # words cut by the encoder's max_length have no role
+        return words + self.role_embed(roles), mask
+
     def forward(self, batch: ReferBatch2D) -> DITOutputs:
         """Canvas logits for every expression of the batch (see :class:`DITOutputs` for shapes)."""
         images = batch.images
@@ -237,6 +285,8 @@ class DIT(nn.Module):
         h, w = embedding.shape[-2:]
         if self.spatial_prior is not None:
             embedding = self.spatial_prior.add_to([embedding], images)[0]
+        if self.fusion is not None:
+            embedding = self.fusion(embedding, text, text_mask)
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0)  # (1, 256, h, w) at the run-time grid
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(B, -1, h, w)
         highres = None

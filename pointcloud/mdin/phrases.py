@@ -24,15 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grounding.text import Parse
+from grounding.text.roles import RELATION_WORDS
 
 NO_OBJECT_SUFFIX = (".", "not", "mentioned")
 OBSERVER_WORDS = frozenset({"you", "your", "yourself", "i", "me", "my"})
-RELATION_WORDS = frozenset({
-    "left", "right", "next", "between", "near", "nearest", "closest", "close", "farthest", "furthest", "far",
-    "above", "below", "behind", "front", "under", "underneath", "beside", "middle", "corner", "center", "centre",
-    "top", "bottom", "side", "across", "opposite", "facing", "against", "leftmost", "rightmost", "first",
-    "second", "third", "last", "beneath", "over", "adjacent", "along",
-})
 SETS = ("main", "modifier", "pronoun", "relation", "other")
 
 

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as coco_mask
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+from torch import nn
 
 from datasets.batch2d import ReferBatch2D
 from grounding.backbone import TextAwareViT
 from grounding.text.encoder import TextEncoder
 from segmentation import DIT, DITCriterion, DITOutputs, DITPostprocess, TextInjection
+from segmentation.fusion import WordPixelFusion
 from segmentation.mask_decoder import build_sam_mask_decoder
 
 
@@ -115,6 +117,57 @@ def test_text_slots_padding_truncation_and_zero_text(text_encoder):
         a = model(make_batch(images, ["the red box"])).pred_logits
         b = model(make_batch(images, ["a green ball"])).pred_logits
     torch.testing.assert_close(a, b)  # the words no longer matter (same token count)
+
+
+def test_text_roles_slots_are_parsed_words_plus_their_role(text_encoder):
+    """With ``text_roles`` a slot holds one parsed word plus the embedding of its role: the same word gets different
+    slots as the referent's attribute and as the anchor's; padding stays zero; the roles learn."""
+    model = make_dit(text_encoder, text_roles=True, text_slots=12)
+    text = "the red cup left of the red star"
+    tokens, mask = model.encode_text([text, "a cup"], "cpu")
+    assert tokens.shape == (2, 12, 384) and mask.sum(1).tolist() == [8, 2]
+    words = text_encoder([text.split(), ["a", "cup"]]).words
+    roles = torch.tensor([[1, 1, 1, 2, 2, 3, 3, 3], [1, 1, 0, 0, 0, 0, 0, 0]])  # referent / relation / context
+    torch.testing.assert_close(tokens[0, :8], words[0, :8] + model.role_embed.weight[roles[0]])
+    torch.testing.assert_close(tokens[1, :2], words[1, :2] + model.role_embed.weight[roles[1, :2]])
+    assert torch.count_nonzero(tokens[1, 2:]) == 0 and torch.count_nonzero(model.role_embed.weight[0]) == 0
+    referent_red, anchor_red = tokens[0, 1] - words[0, 1], tokens[0, 6] - words[0, 6]
+    assert not torch.allclose(referent_red, anchor_red)
+    assert "role_embed." in model.new_parameter_prefixes
+    batch = make_batch(torch.randn(2, 3, 64, 64), [text, "a cup"], gt=(torch.rand(2, 64, 64) > 0.7).float())
+    DITCriterion()(model.train()(batch), batch)["loss_mask"].backward()
+    grad = model.role_embed.weight.grad
+    assert grad[1:].abs().sum(1).gt(0).all() and grad[0].abs().sum() == 0  # every role learns, padding does not
+    assert make_dit(text_encoder).role_embed is None  # DIT's sub-word tokens by default
+
+
+def test_pixel_word_fusion_attends_to_real_slots_and_multiplies():
+    torch.manual_seed(0)
+    fusion = WordPixelFusion(dim=16, text_dim=8)
+    x, text = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 8)
+    mask = torch.tensor([[True, True, False, False, False], [True] * 5])
+    out = fusion(x, text, mask)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    changed = text.clone()
+    changed[0, 2:] = 100.0  # padded slots of row 0: must not matter
+    torch.testing.assert_close(fusion(x, changed, mask)[0], out[0])
+    # no text at all (a row of padding only) attends to every slot instead of dividing by zero
+    assert torch.isfinite(fusion(x, text, torch.zeros(2, 5, dtype=torch.bool))).all()
+    # multiplicative: a zero language vector leaves the map unchanged up to the output bias
+    nn.init.zeros_(fusion.v.weight)
+    nn.init.zeros_(fusion.v.bias)
+    bias = fusion.out(fusion.norm(torch.zeros(16)))
+    torch.testing.assert_close(fusion(x, text, mask), x + bias[None, :, None, None])
+    still = WordPixelFusion(dim=16, text_dim=8, zero_init=True)
+    torch.testing.assert_close(still(x, text, mask), x)  # pretrained start: exactly the map it was given
+
+
+def test_dit_with_pixel_word_fusion_trains_it(text_encoder):
+    model = make_dit(text_encoder, pixel_word_fusion=True).train()
+    assert "fusion." in model.new_parameter_prefixes and make_dit(text_encoder).fusion is None
+    batch = make_batch(torch.randn(2, 3, 64, 64), TEXTS, gt=(torch.rand(2, 64, 64) > 0.7).float())
+    DITCriterion()(model(batch), batch)["loss_mask"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
 
 
 # ------------------------------------------------------------------ mask decoder batching
