@@ -105,6 +105,8 @@ def test_dit_configs_compose(tiny: Path) -> None:
         cfg = load_config("train", [f"experiment={exp}", f"data.root={tiny}", "data.source.dataset=synthetic2d",
                                     "data.source.split_by=unc"])
         assert cfg.model.net._target_ == "segmentation.DIT"
+        # the CPU recipe adds the pixel-word fusion; the published recipe is DIT's model
+        assert cfg.model.net.pixel_word_fusion == (exp == "dit_synthetic") and not cfg.model.net.text_roles
     cfg = load_config("train", ["experiment=dit_synthetic", f"data.root={tiny}"])
     from hydra.utils import instantiate
 
