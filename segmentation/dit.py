@@ -52,12 +52,12 @@ __all__ = ["DIT", "DITOutputs", "TextInjection"]
 
 MODES = ("ldit", "edit")
 EDIT_MODES = ("code", "paper")
-# Parts of SAM's prompt encoder / decoder that never reach DIT's loss (points, boxes, mask input, the IoU head,
-# the multimask hypernetworks). They load from checkpoints but stay frozen, so every trainable parameter gets a
-# gradient (DDP without find_unused_parameters; the released code needed it).
 # Initial scale of the role embedding: about the per-element spread of MiniLM's word features (0.45), so that at
 # step 0 a word's role is as visible in its slot as the word itself.
 ROLE_INIT_STD = 0.5
+# Parts of SAM's prompt encoder / decoder that never reach DIT's loss (points, boxes, mask input, the IoU head,
+# the multimask hypernetworks). They load from checkpoints but stay frozen, so every trainable parameter gets a
+# gradient (DDP without find_unused_parameters; the released code needed it).
 _UNUSED_SAM_PREFIXES = ("prompt_encoder.point_embeddings.", "prompt_encoder.not_a_point_embed.",
                         "prompt_encoder.mask_downscaling.", "mask_decoder.iou_prediction_head.",
                         "mask_decoder.output_hypernetworks_mlps.1.", "mask_decoder.output_hypernetworks_mlps.2.",

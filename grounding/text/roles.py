@@ -3,13 +3,11 @@
 A referring expression names its referent first and then, if needed, locates it: "the yellow cup | below the
 purple circle", "the second object | from the right", "man | in red shirt on left". A bag of words cannot tell
 which colour is the referent's in "the yellow cup below the purple circle"; a role per word can. The roles come
-from the dependency parse (:class:`~grounding.text.parser.Parse`, spaCy):
+from the part-of-speech tags of the dependency parse (:class:`~grounding.text.parser.Parse`, spaCy):
 
-- the **referent head** is the root word when it is nominal (noun, proper noun, number as in "the tiny *one*",
-  pronoun); otherwise the first nominal dependent of the root ("yellow *one* that is over the cross", which the
-  small tagger parses as a verb and its object); otherwise the first nominal word; otherwise the last word;
-- :data:`REFERENT`: the head and every word before it (its determiners and pre-modifiers: "the third small");
-- after the head, :data:`RELATION` for prepositions and spatial words (:data:`RELATION_WORDS`) and
+- :data:`REFERENT`: every word before the locating part (:func:`locating_start`), i.e. the referent's phrase with
+  its determiners and pre-modifiers ("the third small object", "the right orange one");
+- in the locating part, :data:`RELATION` for prepositions and spatial words (:data:`RELATION_WORDS`) and
   :data:`CONTEXT` for everything else (the anchor objects and their attributes, relative pronouns, verbs).
 
 :data:`PAD` (0) is for padding. A choice of the toolkit: the rule is not from a paper. It differs from
@@ -39,9 +37,9 @@ RELATION_WORDS = frozenset({
 def locating_start(parse: Parse) -> int:
     """0-based index of the first word of the locating part (``len(parse.words)`` when there is none).
 
-    The locating part starts at the first word after the first that is a preposition, a verb or auxiliary, a
-    subordinating conjunction or a pronoun ("that", "which", "who"), or a spatial word followed by a preposition
-    ("right *of*", "next *to*"). The first word never starts it, so "on left" is all referent.
+    The locating part starts at the first word (the expression's first word excepted) that is a preposition, a verb
+    or auxiliary, a subordinating conjunction or a pronoun ("that", "which", "who"), or a spatial word followed by a
+    preposition ("right *of*", "next *to*"). So "on left" is all referent.
     """
     words, pos = parse.words, parse.pos
     n = len(words)
