@@ -9,9 +9,7 @@ attention softmax must learn to separate.
 
 from __future__ import annotations
 
-import math
-
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["WordPixelFusion"]
@@ -43,9 +41,8 @@ class WordPixelFusion(nn.Module):
         """x (B, C, h, w), text (B, T, C_text), text_mask (B, T) bool (True = real slot) -> (B, C, h, w)."""
         B, C, h, w = x.shape
         pix = x.flatten(2).transpose(1, 2)  # (B, N, C), row-major over the grid
-        logits = self.q(pix) @ self.k(text).transpose(1, 2) / math.sqrt(C)  # (B, N, T)
         keep = text_mask | ~text_mask.any(dim=1, keepdim=True)  # a row without text attends to every slot
-        logits = logits.masked_fill(~keep[:, None, :], torch.finfo(logits.dtype).min)
-        lang = logits.softmax(dim=-1) @ self.v(text)  # (B, N, C)
-        pix = pix + self.out(self.norm(nn.functional.gelu(self.vis(pix)) * lang))
+        # one head of width C: softmax(q k^T / sqrt(C)) v over the kept slots -> (B, N, C)
+        lang = F.scaled_dot_product_attention(self.q(pix), self.k(text), self.v(text), attn_mask=keep[:, None, :])
+        pix = pix + self.out(self.norm(F.gelu(self.vis(pix)) * lang))
         return pix.transpose(1, 2).reshape(B, C, h, w)
