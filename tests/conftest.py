@@ -19,6 +19,16 @@ def realdata() -> Path:
     return REALDATA
 
 
+@pytest.fixture(scope="session")
+def synthetic2d_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated RefCOCO-layout folder (``synthetic2d`` preset ``tiny``, seed 0), shared read-only by the tests."""
+    from datasets.synthetic.images import generate_synthetic2d
+
+    out = tmp_path_factory.mktemp("synthetic2d_tiny")
+    generate_synthetic2d(out, preset="tiny", seed=0)
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -12,17 +12,14 @@ import torch
 from datasets.errors import DataFormatError
 from datasets.refcoco import load_refer
 from datasets.refimage import refer_image_dataset
-from datasets.synthetic.images import generate_synthetic2d
 from datasets.synthetic.images.curriculum import AttributeCurriculum, attribute_curriculum, attribute_queries
 from datasets.synthetic.images.shapes import BY_NAME
 from datasets.transforms.image2d import Letterbox
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic2d")
-    generate_synthetic2d(out, preset="tiny", seed=0)
-    return out
+def root(synthetic2d_tiny: Path) -> Path:
+    return synthetic2d_tiny  # tests/conftest.py: read-only
 
 
 def test_queries_single_out_their_object_by_colour_class_or_both(root: Path) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from datasets.synthetic.images import generate_synthetic2d
 from grounding.metrics.boxes import coco_box_eval
 
 SMALL = ["model.net.backbone.img_size=64", "model.net.backbone.embed_dim=32", "model.net.backbone.depth=1",
@@ -19,10 +18,8 @@ SMALL = ["model.net.backbone.img_size=64", "model.net.backbone.embed_dim=32", "m
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("s2d_engine")
-    generate_synthetic2d(out, preset="tiny", seed=0)
-    return out
+def tiny(synthetic2d_tiny: Path) -> Path:
+    return synthetic2d_tiny  # tests/conftest.py: read-only
 
 
 def test_retrieval_configs_build(tiny: Path) -> None:

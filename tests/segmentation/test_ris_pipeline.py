@@ -12,17 +12,14 @@ import torch
 from PIL import Image
 
 from datasets.refimage import ReferImageDataset, refer_image_dataset
-from datasets.synthetic.images import generate_synthetic2d
 from datasets.transforms.image2d import Letterbox
 from grounding.metrics.evaluators import ReferringMaskMetric
 from segmentation.render import render_ris_predictions
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("s2d")
-    generate_synthetic2d(out, preset="tiny", seed=0)
-    return out
+def tiny(synthetic2d_tiny: Path) -> Path:
+    return synthetic2d_tiny  # tests/conftest.py: read-only
 
 
 def test_dataset_items_and_batch(tiny: Path) -> None:
