@@ -96,3 +96,9 @@ def test_bad_schedule_and_missing_scenes_file_are_named(root: Path, tmp_path: Pa
     with pytest.raises(DataFormatError, match=f"image_id {scenes['images'][0]['image_id']}") as err:
         attribute_queries(load_refer(root, "synthetic2d", splits=["train", "val", "test"]), bad)
     assert err.value.field == "objects"
+    scenes = json.loads((root / "synthetic2d" / "scenes.json").read_text())
+    scenes["images"][0]["objects"][0]["ann_id"] = 10**9  # an object without an annotation in instances.json
+    bad.write_text(json.dumps(scenes))
+    with pytest.raises(DataFormatError, match="is not an annotation of") as err:
+        attribute_queries(load_refer(root, "synthetic2d", splits=["train", "val", "test"]), bad)
+    assert err.value.field == "ann_id" and "object 0" in err.value.record

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from datasets.refimage import ReferImageDataset, refer_image_dataset
+from datasets.synthetic.images.curriculum import AttributeCurriculum
 from datasets.transforms.image2d import Letterbox
 from grounding.metrics.evaluators import ReferringMaskMetric
 from segmentation.render import render_ris_predictions
@@ -111,9 +112,6 @@ def test_dit_configs_compose(tiny: Path) -> None:
     dm.setup("fit")
     assert dm.datasets["train"].transform.size == 128 and dm.datasets["val"].transform.train is False
     # the CPU recipe trains with the attribute curriculum; val is the generated expressions as written
-    from datasets.refimage import ReferImageDataset
-    from datasets.synthetic.images.curriculum import AttributeCurriculum
-
     assert isinstance(dm.datasets["train"], AttributeCurriculum) and dm.datasets["train"].schedule == [1.0, 0.5, 0.2]
     assert type(dm.datasets["val"]) is ReferImageDataset
     assert dm.datasets["train"].transform.scale_steps == 1  # the 128 px recipe trains at the evaluated scale

@@ -29,7 +29,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datasets.errors import DataFormatError
-from datasets.refcoco import RefExpression
+from datasets.refcoco import RefExpression, _annotation, read_instances
 from datasets.refimage import ReferImageDataset, refer_image_dataset
 from datasets.synthetic.images.expressions import ATTRS, Fact, Resolver, render, tokenize
 
@@ -69,12 +69,10 @@ def attribute_queries(records: Sequence[RefExpression], scenes_file: str | Path,
     first: dict[int, RefExpression] = {}
     for r in records:
         first.setdefault(r.image_id, r)
-    anns: dict[int, dict[str, Any]] = {}
-    categories: dict[int, str] = {}
-    for inst in sorted({str(r.instances_file) for r in first.values() if r.instances_file is not None}):
-        data = json.loads(Path(inst).read_text())
-        anns.update({a["id"]: a for a in data["annotations"]})
-        categories.update({c["id"]: c["name"] for c in data["categories"]})
+    if not first:
+        return []
+    # The reader's own index and checks of instances.json (one file per partition; boxes and polygons validated).
+    inst = read_instances(next(iter(first.values())).instances_file)
     out: list[RefExpression] = []
     for image_id, rec in first.items():
         if image_id not in scenes:
@@ -84,22 +82,25 @@ def attribute_queries(records: Sequence[RefExpression], scenes_file: str | Path,
         facts = _scene_facts(scene, path)
         resolver = Resolver(facts, rec.width, rec.height)
         for t, obj in enumerate(scene["objects"]):
-            ann = anns.get(obj.get("ann_id"))
-            if ann is None:
-                raise DataFormatError(path, f"ann_id {obj.get('ann_id')} is not in {rec.instances_file}",
-                                      record=f"image_id {image_id}, object {t}", field="ann_id")
+            where = f"image_id {image_id}, object {t}"
+            if obj.get("ann_id") not in inst.annotations:
+                raise DataFormatError(path, f"ann_id {obj.get('ann_id')} is not an annotation of {inst.path}",
+                                      record=where, field="ann_id")
+            ann_image, category_id, box, seg = _annotation(inst, obj["ann_id"])
+            if ann_image != image_id or category_id not in inst.categories:
+                raise DataFormatError(path, f"annotation {obj['ann_id']} of {inst.path} is on image {ann_image} "
+                                      f"with category {category_id}", record=where, field="ann_id")
             for q, said in enumerate(QUERY_ATTRS):
                 np_ = {k: (getattr(facts[t], k) if k in said else None) for k in ATTRS}
                 if resolver.candidates(np_) != [t]:
                     continue  # the phrase does not single the object out in this picture
-                raw = render(np.random.default_rng([seed, image_id, ann["id"], q]), {"kind": "attr", "np": np_})
-                tokens = tuple(tokenize(raw))
+                raw = render(np.random.default_rng([seed, image_id, obj["ann_id"], q]), {"kind": "attr", "np": np_})
+                tokens = tuple(tokenize(raw))  # as the generator writes "sent" and "tokens"
                 n = -(len(out) + 1)
                 out.append(dataclasses.replace(
-                    rec, ref_id=n, sent_id=n, ann_id=ann["id"], category_id=ann["category_id"],
-                    category_name=categories.get(ann["category_id"], str(ann["category_id"])),
-                    sentence=" ".join(tokens), raw=raw, tokens=tokens,
-                    box=tuple(float(v) for v in ann["bbox"]), segmentation=ann["segmentation"]))
+                    rec, ref_id=n, sent_id=n, ann_id=obj["ann_id"], category_id=category_id,
+                    category_name=inst.categories[category_id], sentence=" ".join(tokens), raw=raw, tokens=tokens,
+                    box=box, segmentation=seg))
     return out
 
 
