@@ -42,13 +42,16 @@ class GroundingDataModule(L.LightningDataModule):
         root: the dataset's folder; only recorded (configs interpolate their paths from it).
         source: other settings the split configs share (e.g. the image tasks' dataset name, partition and
             canvas size); only recorded, like ``root``.
+        eval_splits: split name -> the fields of ``val`` that select that split, for ``grounding eval
+            split=<name>`` (:func:`grounding.engine.run.evaluation_dataset`); only recorded here.
     """
 
     def __init__(self, train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None,
                  collate_fn: Callable[[list[Any]], Any] | None = None, batch_size: int = 1,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  drop_last: bool = False, pin_memory: bool = False, root: str | None = None,
-                 source: Mapping[str, Any] | None = None) -> None:
+                 source: Mapping[str, Any] | None = None,
+                 eval_splits: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.datasets = {"train": train, "val": val, "test": test}
         self.collate_fn = collate_fn
@@ -60,6 +63,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.root = root
         self.source = dict(source or {})
+        self.eval_splits = dict(eval_splits or {})
         self._train_loader: ResumableLoader | None = None
         self._resume_position: LoaderPosition | None = None  # from a checkpoint, for the next train loader
 

@@ -112,7 +112,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.get("split", "val")
     task, datamodule = build(cfg)
     # Evaluate on the requested split through Lightning's test loop (which writes the records).
-    datamodule.datasets["test"] = datamodule.datasets.get(split)
+    datamodule.datasets["test"] = evaluation_dataset(cfg, datamodule, split)
     writer = PredictionWriter(run_dir)
     trainer = build_trainer(cfg, extra_callbacks=[writer])
     ckpt = cfg.get("ckpt_path")
@@ -138,6 +138,37 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", result)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return result
+
+
+def evaluation_dataset(cfg: DictConfig, datamodule: L.LightningDataModule, split: str) -> Any:
+    """The dataset ``grounding eval split=<split>`` scores, always built with the evaluation pipeline.
+
+    ``val`` and ``test`` are the data module's own. Any other split needs an entry in ``data.eval_splits``: the
+    fields that turn ``data.val`` into that split (``{split: train}`` for the refer layout, ``{annotations: ...}``
+    for the 3D sources), so that ``split=train`` scores every training sample once, unaugmented, with the
+    evaluation transform and batching. ``data.train`` itself is never evaluated: its pipeline draws random
+    augmentations, subsamples points and may mix in curriculum items, so its scores would not be reproducible
+    and would not be of the training split.
+    """
+    entries = cfg.data.get("eval_splits") or {}
+    if split in entries:
+        val = cfg.data.get("val")
+        if val is None:
+            raise ValueError(f"data.eval_splits.{split} modifies data.val, but no data.val is configured")
+        merged = OmegaConf.merge(OmegaConf.to_container(val, resolve=True),
+                                 OmegaConf.to_container(entries[split], resolve=True))
+        log.info("evaluating split %r: data.val with %s", split, OmegaConf.to_container(entries[split], resolve=True))
+        return instantiate(merged)
+    if split in ("val", "test"):
+        dataset = datamodule.datasets.get(split)
+        if dataset is None:
+            raise ValueError(f"no {split!r} dataset is configured (data.{split} is null)")
+        return dataset
+    known = ["val", "test", *entries]
+    raise ValueError(f"split={split!r} cannot be evaluated with this data config: it evaluates {known}. "
+                     f"Add data.eval_splits.{split}: the fields of data.val that select that split (e.g. "
+                     "{split: train} or {annotations: <file>}); data.train is never evaluated, its pipeline "
+                     "augments")
 
 
 def nest_metrics(flat: dict[str, float]) -> dict[str, Any]:
