@@ -140,7 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def evaluation_dataset(cfg: DictConfig, datamodule: L.LightningDataModule, split: str) -> Any:
+def evaluation_dataset(cfg: DictConfig, datamodule: L.LightningDataModule | None, split: str) -> Any:
     """The dataset ``grounding eval split=<split>`` scores, always built with the evaluation pipeline.
 
     ``val`` and ``test`` are the data module's own. Any other split needs an entry in ``data.eval_splits``: the
@@ -160,7 +160,7 @@ def evaluation_dataset(cfg: DictConfig, datamodule: L.LightningDataModule, split
         log.info("evaluating split %r: data.val with %s", split, OmegaConf.to_container(entries[split], resolve=True))
         return instantiate(merged)
     if split in ("val", "test"):
-        dataset = datamodule.datasets.get(split)
+        dataset = None if datamodule is None else datamodule.datasets.get(split)
         if dataset is None:
             raise ValueError(f"no {split!r} dataset is configured (data.{split} is null)")
         return dataset
