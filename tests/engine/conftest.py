@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-TOY_CONFIGS = HERE / "configs"
 
 if str(HERE) not in sys.path:  # hydra resolves `toy_task.*` targets in this process
     sys.path.insert(0, str(HERE))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOY_CONFIGS
+from toy_task import TOY_CONFIGS
 
 from grounding.engine import run
 from grounding.engine.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TOY_CONFIGS
+from toy_task import REPO, TOY_CONFIGS
 
 GROUNDING = str(Path(sys.executable).with_name("grounding"))
 

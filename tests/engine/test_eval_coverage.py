@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import TOY_CONFIGS
+from toy_task import TOY_CONFIGS
 
 from grounding.engine import run
 from grounding.engine.config import load_config

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import REPO, TOY_CONFIGS
+from toy_task import REPO, TOY_CONFIGS
 
 from grounding.engine import run
 from grounding.engine.config import load_config

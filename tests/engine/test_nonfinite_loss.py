@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOY_CONFIGS
+from toy_task import TOY_CONFIGS
 
 from grounding.engine import GroundingTask, run
 from grounding.engine.config import load_config

@@ -8,12 +8,19 @@ points with offsets (no padding), as the 3D tasks do.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+# Imported by the engine tests from here rather than from ``conftest``: several test folders have a conftest, and
+# ``from conftest import ...`` reads whichever was loaded last when pytest is given more than one folder.
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TOY_CONFIGS = HERE / "configs"
 
 
 class ToyDataset(Dataset):

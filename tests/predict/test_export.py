@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
-from conftest import Run
 
 from datasets.records import ReferRecord
 from datasets.refer3d import Refer3DDataset
@@ -18,6 +18,9 @@ from datasets.scannet.scene import PreparedScene
 from datasets.transforms import ValTransform
 from grounding.export import export_checkpoint, load_export
 from grounding.predict import Predictor3D, UnsafeCheckpointError, load_scene
+
+if TYPE_CHECKING:  # the session fixtures' type (tests/predict/conftest.py)
+    from conftest import Run
 
 TEXTS = ["the red box on the floor", "a blue box next to the green one", "the tall green box", "the floor"]
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from conftest import Run
 
 from datasets.scannet.raw import MESH_SUFFIX, SEGS_SUFFIX, Mesh, write_mesh, write_segs
 from grounding.cli.main import main
 from grounding.predict import load_scene
 from pointcloud.superpoints import mesh_superpoints
+
+if TYPE_CHECKING:  # the session fixtures' type (tests/predict/conftest.py)
+    from conftest import Run
 
 TEXTS = ["the red box", "the blue box next to the green box"]
 
