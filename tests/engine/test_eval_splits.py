@@ -7,13 +7,13 @@ import pickle
 from pathlib import Path
 
 import pytest
+from toy_task import TOY_CONFIGS
 
 from datasets.refimage import ReferImageDataset
 from grounding.engine import run
 from grounding.engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TOY_CONFIGS = Path(__file__).resolve().parent / "configs"  # the toy task of tests/engine/toy_task.py
 
 
 def _toy_eval(tmp_path: Path, extra: list[str]) -> dict:
