@@ -155,10 +155,9 @@ def evaluation_dataset(cfg: DictConfig, datamodule: L.LightningDataModule | None
         val = cfg.data.get("val")
         if val is None:
             raise ValueError(f"data.eval_splits.{split} modifies data.val, but no data.val is configured")
-        merged = OmegaConf.merge(OmegaConf.to_container(val, resolve=True),
-                                 OmegaConf.to_container(entries[split], resolve=True))
-        log.info("evaluating split %r: data.val with %s", split, OmegaConf.to_container(entries[split], resolve=True))
-        return instantiate(merged)
+        fields = OmegaConf.to_container(entries[split], resolve=True)
+        log.info("evaluating split %r: data.val with %s", split, fields)
+        return instantiate(OmegaConf.merge(OmegaConf.to_container(val, resolve=True), fields))
     if split in ("val", "test"):
         dataset = None if datamodule is None else datamodule.datasets.get(split)
         if dataset is None:

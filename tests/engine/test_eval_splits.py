@@ -52,7 +52,7 @@ def test_every_data_config_can_evaluate_its_train_split(data: str) -> None:
     entry = cfg.data.eval_splits.train
     assert entry, data
     for key, value in entry.items():  # each field names the train split's source, as data.train does
-        assert key in cfg.data.val and value == cfg.data.train.get(key, value), (data, key)
+        assert key in cfg.data.val and key in cfg.data.train and value == cfg.data.train[key], (data, key)
         assert value != cfg.data.val[key], (data, key)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from datasets.refimage import ReferImageDataset, refer_image_dataset
 from datasets.synthetic.images.expressions import ATTRS, Fact, Resolver, render, tokenize
 
 __all__ = ["AttributeCurriculum", "attribute_curriculum", "attribute_queries"]
+
+log = logging.getLogger(__name__)
 
 # The noun phrases asked: colour, class, colour and class (size words alone are relative to the picture).
 QUERY_ATTRS: tuple[tuple[str, ...], ...] = (("color",), ("cls",), ("color", "cls"))
@@ -149,12 +152,12 @@ def attribute_curriculum(root: str | Path, dataset: str, split: str, transform: 
     """The hydra ``_target_`` for ``data.train``: :func:`refer_image_dataset` plus the attribute curriculum.
 
     ``schedule`` as :class:`AttributeCurriculum`; ``kw`` as :func:`refer_image_dataset` (the queries use the
-    same transform and image cache, seed + 1). Prints how many queries were made.
+    same transform and image cache, seed + 1). Logs how many queries were made.
     """
     real = refer_image_dataset(root, dataset, split, transform, **kw)
     recs = attribute_queries(real.records, Path(root) / dataset / "scenes.json", seed=real.seed)
-    print(f"attribute curriculum: {len(recs)} queries on {len({r.image_id for r in recs})} pictures, "
-          f"replacement rate per epoch {list(schedule)}", flush=True)
+    log.info("attribute curriculum: %d queries on %d pictures, replacement rate per epoch %s", len(recs),
+             len({r.image_id for r in recs}), list(schedule))
     queries = ReferImageDataset(recs, real.transform, unit="sentence", seed=real.seed + 1,
                                 image_cache=real.image_cache)
     return AttributeCurriculum(real, queries, schedule)
