@@ -38,6 +38,8 @@ class ReferBatch2D:
         sample_ids: B unique ids (``"<dataset>/<sent_id>"``).
         image_ids: B COCO image ids.
         records: B reader records (``datasets.refcoco.RefExpression``), for writing predictions.
+        attr_maps: (B, K, S, S) int64 per-pixel attribute labels of every object of the picture (0 background,
+            -1 padding; ``datasets.object_maps``), an auxiliary training target; None when the items have none.
     """
 
     images: Tensor
@@ -52,6 +54,7 @@ class ReferBatch2D:
     sample_ids: list[str]
     image_ids: list[int]
     records: list[Any]
+    attr_maps: Tensor | None = None
 
     @classmethod
     def collate(cls, items: Sequence[dict[str, Any]]) -> ReferBatch2D:
@@ -59,7 +62,8 @@ class ReferBatch2D:
 
         Item keys: ``image`` (3, S, S) float32, ``valid`` (S, S) bool, ``gt_mask`` (S, S) float32,
         ``pad_tl`` (2,), ``resized_hw`` (2,), ``original_hw`` (2,), ``gt_original`` (H, W) bool,
-        ``box`` (4,), ``text`` str, ``sample_id`` str, ``image_id`` int, ``record``.
+        ``box`` (4,), ``text`` str, ``sample_id`` str, ``image_id`` int, ``record``; optional ``attr_maps``
+        (K, S, S) int64, on every item or on none.
         """
         if not items:
             raise ValueError("cannot collate an empty list of items")
@@ -67,6 +71,10 @@ class ReferBatch2D:
         if len(sizes) != 1:
             raise ValueError(f"items of one batch must share the canvas size, got {sorted(sizes)} "
                              f"(samples {[it['sample_id'] for it in items]})")
+
+        with_maps = sum("attr_maps" in it for it in items)
+        if with_maps not in (0, len(items)):
+            raise ValueError(f"attr_maps on {with_maps} of {len(items)} items: a batch needs them on all or none")
 
         def ints(key: str) -> Tensor:
             return torch.stack([torch.as_tensor(it[key], dtype=torch.long) for it in items])
@@ -79,7 +87,8 @@ class ReferBatch2D:
             gt_original=[it["gt_original"].bool() for it in items],
             boxes=torch.stack([torch.as_tensor(it["box"], dtype=torch.float32) for it in items]),
             texts=[it["text"] for it in items], sample_ids=[it["sample_id"] for it in items],
-            image_ids=[int(it["image_id"]) for it in items], records=[it["record"] for it in items])
+            image_ids=[int(it["image_id"]) for it in items], records=[it["record"] for it in items],
+            attr_maps=torch.stack([it["attr_maps"].long() for it in items]) if with_maps else None)
 
     def _map(self, fn: Any) -> ReferBatch2D:
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

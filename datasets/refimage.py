@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from datasets.batch2d import ReferBatch2D
 from datasets.errors import DataFormatError
+from datasets.object_maps import ObjectMaps, place_label_maps
 from datasets.transforms.image2d import Letterbox
 
 UNITS = ("sentence", "ref")
@@ -51,10 +52,12 @@ class ReferImageDataset(Dataset):
         unit: ``"sentence"`` or ``"ref"`` (see the module docstring).
         seed: base of the per-item random streams.
         image_cache: keep up to this many decoded images in memory (the generated sets fit; 0 turns it off).
+        object_maps: per-pixel attribute labels of every object of the picture (:class:`~datasets.object_maps.
+            ObjectMaps`), carried onto the canvas as item ``attr_maps`` (K, S, S) int64; None: no such field.
     """
 
     def __init__(self, records: Sequence[Any], transform: Letterbox, unit: str = "sentence", seed: int = 0,
-                 image_cache: int = 0) -> None:
+                 image_cache: int = 0, object_maps: ObjectMaps | None = None) -> None:
         if unit not in UNITS:
             raise ValueError(f"ReferImageDataset.unit must be one of {UNITS}, got {unit!r}")
         if not records:
@@ -65,6 +68,7 @@ class ReferImageDataset(Dataset):
         self.seed = seed
         self.epoch = torch.zeros(1, dtype=torch.long).share_memory_()
         self.image_cache = image_cache
+        self.object_maps = object_maps
         self._images: OrderedDict[str, torch.Tensor] = OrderedDict()
         if unit == "ref":
             by_ref: dict[tuple, list[int]] = {}
@@ -110,9 +114,14 @@ class ReferImageDataset(Dataset):
         mask = torch.from_numpy(np.ascontiguousarray(rec.mask())).bool()
         item = self.transform(image, mask, rec.sentence, rng if self.transform.train else None)
         x, y, w, h = (float(v) for v in rec.box)
-        if item.pop("flipped"):
+        flipped = item.pop("flipped")
+        if flipped:
             mask = mask.flip(-1)
             x = rec.width - x - w
+        if self.object_maps is not None:
+            maps = torch.from_numpy(self.object_maps(rec.image_id))
+            item["attr_maps"] = place_label_maps(maps, flipped, item["pad_tl"], item["resized_hw"],
+                                                 int(item["image"].shape[-1]))
         item.update(gt_original=mask, original_hw=(rec.height, rec.width), box=(x, y, w, h),
                     sample_id=rec.sample_id, image_id=rec.image_id, record=rec)
         return item
@@ -122,7 +131,8 @@ class ReferImageDataset(Dataset):
 
 def refer_image_dataset(root: str | Path, dataset: str, split: str, transform: Letterbox,
                         split_by: str | None = None, images_dir: str | Path | None = None, unit: str = "sentence",
-                        seed: int = 0, limit: int | None = None, image_cache: int = 0) -> ReferImageDataset:
+                        seed: int = 0, limit: int | None = None, image_cache: int = 0,
+                        object_maps: Sequence[str] | None = None) -> ReferImageDataset:
     """RefCOCO-family expressions of one split (real or generated) as a dataset; the hydra ``_target_``.
 
     Args:
@@ -132,10 +142,16 @@ def refer_image_dataset(root: str | Path, dataset: str, split: str, transform: L
         split_by: the partition; None = the toolkit's default (unc, unc, umd).
         images_dir: COCO ``train2014`` folder; None = ``<root>/images/train2014`` (or ``<root>/train2014``).
         limit: keep only the first ``limit`` expressions (quick runs).
+        object_maps: attribute kinds of per-pixel object labels to add to every item (``attr_maps``; kinds of
+            :class:`~datasets.object_maps.ObjectMaps`: ``category`` for any partition, ``color`` and ``size`` from
+            ``<root>/<dataset>/scenes.json`` of the generated pictures); None: none (DIT).
     """
     from datasets.refcoco import load_refer
 
     records = load_refer(root, dataset, split_by=split_by, splits=split, images_dir=images_dir)
     if limit is not None:
         records = records[:limit]
-    return ReferImageDataset(records, transform, unit=unit, seed=seed, image_cache=image_cache)
+    maps = None
+    if object_maps:
+        maps = ObjectMaps(records[0].instances_file, object_maps, scenes_file=Path(root) / dataset / "scenes.json")
+    return ReferImageDataset(records, transform, unit=unit, seed=seed, image_cache=image_cache, object_maps=maps)

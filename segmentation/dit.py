@@ -45,6 +45,7 @@ from grounding.backbone.spatial_prior import SpatialPrior
 from grounding.text.encoder import TextEncoder
 from grounding.text.parser import DependencyParser, Parse, lru_lookup
 from grounding.text.roles import NUM_ROLES, PAD, referring_roles
+from segmentation.attribute_prior import AttributePrior
 from segmentation.fusion import WordPixelFusion
 from segmentation.mask_decoder import build_sam_mask_decoder, build_sam_prompt_encoder
 
@@ -72,11 +73,17 @@ class DITOutputs:
         pred_logits: (B, S, S) mask logits on the canvas (pixels, origin top-left, padding included).
         low_res_logits: (B, S/4, S/4) logits of mask token 0 as the decoder produced them.
         iou_pred: (B,) SAM's IoU-head output for mask token 0 (not trained by DIT; reported only).
+        attr_logits: one (B, n_k, S/p, S/p) map per attribute kind on the image encoder's grid, from
+            ``attribute_classes`` (empty without it).
+        attr_text_logits: one (B, n_k) vector per attribute kind: the values the sentence gives its referent
+            (``attribute_prior``; empty without it).
     """
 
     pred_logits: Tensor
     low_res_logits: Tensor
     iou_pred: Tensor
+    attr_logits: tuple[Tensor, ...] = ()
+    attr_text_logits: tuple[Tensor, ...] = ()
 
 
 class TextInjection(nn.Module):
@@ -164,6 +171,14 @@ class DIT(nn.Module):
         pixel_word_fusion: LAVT's pixel-word attention with multiplicative fusion
             (:class:`~segmentation.fusion.WordPixelFusion`) on the image embedding before the mask decoder. Not
             DIT's (False); zero-initialised output when ``sam_checkpoint`` is set.
+        attribute_classes: classes per attribute kind (background included) of a linear (1x1) head on the image
+            encoder's output, trained against ``batch.attr_maps`` (every object's category, colour, size:
+            :mod:`datasets.object_maps`) by the criterion's ``loss_attr``: a dense signal of what the objects
+            are, which the referring mask gives only for one object per expression. Not DIT's (None); the head
+            is used by the loss only, never at inference (unless ``attribute_prior``).
+        attribute_prior: add :class:`~segmentation.attribute_prior.AttributePrior`'s map (how well each pixel's
+            object matches the attributes the sentence gives its referent) to the image embedding before the
+            decoder; needs ``attribute_classes``. Not DIT's (False).
     """
 
     def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
@@ -172,7 +187,8 @@ class DIT(nn.Module):
                  align_corners: bool = False, sam_checkpoint: str | None = None, pixel_branch: bool = False,
                  zero_init_injection: bool = True, spatial_prior: int | None = None,
                  decoder_pad_mask: bool = False, text_roles: bool = False,
-                 parse_cache_size: int = 200_000, pixel_word_fusion: bool = False) -> None:
+                 parse_cache_size: int = 200_000, pixel_word_fusion: bool = False,
+                 attribute_classes: Sequence[int] | None = None, attribute_prior: bool = False) -> None:
         super().__init__()
         if text_slots < 1:
             raise ValueError(f"DIT.text_slots must be >= 1, got {text_slots}")
@@ -208,6 +224,18 @@ class DIT(nn.Module):
         self.fusion = None
         if pixel_word_fusion:
             self.fusion = WordPixelFusion(decoder_dim, text_dim, zero_init=sam_checkpoint is not None)
+        self.attribute_classes = tuple(int(n) for n in attribute_classes or ())
+        if any(n < 2 for n in self.attribute_classes):
+            raise ValueError(f"DIT.attribute_classes must be >= 2 per kind (background included), got "
+                             f"{list(self.attribute_classes)}")
+        self.attribute_head = None
+        if self.attribute_classes:
+            self.attribute_head = nn.Conv2d(decoder_dim, sum(self.attribute_classes), 1)
+        if attribute_prior and not self.attribute_classes:
+            raise ValueError("DIT.attribute_prior needs attribute_classes (the per-pixel attribute head)")
+        self.attribute_prior = None
+        if attribute_prior:
+            self.attribute_prior = AttributePrior(self.attribute_classes, text_dim, decoder_dim)
         self.role_embed = None
         if text_roles:
             self.role_embed = nn.Embedding(NUM_ROLES, text_dim, padding_idx=PAD)
@@ -225,6 +253,7 @@ class DIT(nn.Module):
     def new_parameter_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the modules DIT adds to SAM (absent from official checkpoints)."""
         return ("text_inject.", "text_proj.", "pixel_branch.", "spatial_prior.", "role_embed.", "fusion.",
+                "attribute_head.", "attribute_prior.",
                 *(f"image_encoder.{p}" for p in self.image_encoder.new_parameter_prefixes))
 
     def load_sam(self, source: str | Mapping[str, Any]) -> SamLoadReport:
@@ -283,6 +312,12 @@ class DIT(nn.Module):
         text, text_mask = self.encode_text(batch.texts, images.device)
         embedding = self.image_encoder(images, text_hook=self.text_inject.hook(text), text_mask=text_mask)
         h, w = embedding.shape[-2:]
+        attr, attr_text = (), ()
+        if self.attribute_head is not None:  # what the objects are, read before any decoder-side text fusion
+            attr = tuple(self.attribute_head(embedding).split(self.attribute_classes, dim=1))
+        if self.attribute_prior is not None:
+            attr_text = self.attribute_prior.text_logits(text, text_mask)
+            embedding = embedding + self.attribute_prior(attr, attr_text)
         if self.spatial_prior is not None:
             embedding = self.spatial_prior.add_to([embedding], images)[0]
         if self.fusion is not None:
@@ -301,4 +336,5 @@ class DIT(nn.Module):
         low = masks[:, 0]  # mask token 0: SAM's single-mask output (multimask_output=False)
         iou = iou[:, :1]
         pred = F.interpolate(masks[:, :1], size=(S_h, S_w), mode="bilinear", align_corners=self.align_corners)
-        return DITOutputs(pred_logits=pred[:, 0], low_res_logits=low, iou_pred=iou[:, 0])
+        return DITOutputs(pred_logits=pred[:, 0], low_res_logits=low, iou_pred=iou[:, 0], attr_logits=attr,
+                          attr_text_logits=attr_text)

@@ -3,6 +3,8 @@ postprocessing to the original resolution, and CUDA autocast."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -355,6 +357,112 @@ def test_criterion_terms():
     assert DITCriterion("bce_dice")(perfect, hard)["loss_dice"] < 1e-3
     with pytest.raises(ValueError, match="loss must be one of"):
         DITCriterion("iou")
+
+
+def test_attribute_loss_hand_cases_and_checks():
+    from segmentation.criterion import attribute_loss
+
+    labels = torch.tensor([[[0, 1], [2, -1]]])  # (B=1, S=2, S=2) for one kind; -1 is padding
+    maps = labels[:, None]  # (1, K=1, 2, 2)
+    sure = torch.full((1, 3, 2, 2), -20.0)
+    for r in range(2):
+        for c in range(2):
+            if labels[0, r, c] >= 0:
+                sure[0, labels[0, r, c], r, c] = 20.0
+    assert attribute_loss((sure,), maps) < 1e-6  # same grid as the canvas: no resizing
+    flat = torch.zeros(1, 3, 2, 2)
+    torch.testing.assert_close(attribute_loss((flat,), maps), torch.tensor(np.log(3.0), dtype=torch.float32))
+    # two kinds: the mean of the two cross-entropies; coarse logits are upsampled to the canvas
+    two = torch.cat([maps, torch.zeros_like(maps)], 1)
+    got = attribute_loss((flat, torch.zeros(1, 5, 1, 1)), two)
+    torch.testing.assert_close(got, torch.tensor((np.log(3.0) + np.log(5.0)) / 2, dtype=torch.float32))
+    with pytest.raises(ValueError, match="attribute heads"):
+        attribute_loss((flat,), two)
+    with pytest.raises(ValueError, match="label 2 but the head has 2 classes"):
+        attribute_loss((torch.zeros(1, 2, 2, 2),), maps)
+
+
+def test_attribute_head_learns_the_objects_colour_and_is_only_a_loss(text_encoder):
+    """With ``attribute_classes`` the model predicts every pixel's object colour on its grid and the criterion adds
+    ``loss_attr``, which training lowers; without maps (evaluation) there is no such term."""
+    batch = two_colour_batch(n_images=2)
+    maps = torch.zeros(len(batch), 1, 64, 64, dtype=torch.long)
+    for b in range(0, len(batch), 2):  # rows 2i and 2i+1 share the picture: both squares, labelled by colour
+        for r in (b, b + 1):
+            colour = 1 if batch.texts[r] == "the red one" else 2
+            maps[b, 0][batch.gt_masks[r] > 0.5] = colour
+        maps[b + 1] = maps[b]
+    with_maps = dataclasses.replace(batch, attr_maps=maps)
+    model = make_dit(text_encoder, attribute_classes=[3])
+    out = model(with_maps)
+    assert len(out.attr_logits) == 1 and out.attr_logits[0].shape == (len(batch), 3, 4, 4)  # tiny: patch 16
+    criterion = DITCriterion("bce_dice")
+    assert set(criterion(out, batch)) == {"loss_bce", "loss_dice"}
+    first = criterion(out, with_maps)["loss_attr"].item()
+    train_steps(model, with_maps, criterion, 40, torch.optim.AdamW)
+    assert criterion(model(with_maps), with_maps)["loss_attr"].item() < 0.5 * first
+    assert "attribute_head." in model.new_parameter_prefixes
+    with pytest.raises(ValueError, match="attribute_classes"):
+        make_dit(text_encoder, attribute_classes=[1])
+
+
+def test_referent_labels_are_the_targets_own_most_frequent_label():
+    from segmentation.criterion import referent_labels
+
+    maps = torch.zeros(3, 2, 4, 4, dtype=torch.long)
+    maps[:, :, 3] = -1  # padding row
+    maps[0, 0, :2, :2] = 3
+    maps[0, 0, 0, 0] = 2  # a minority label under the target (a neighbour's edge)
+    maps[0, 1, :2, :2] = 1
+    maps[1, 0, 2:, 2:] = 5  # row 1's target lies on background only
+    target = torch.zeros(3, 4, 4, dtype=torch.bool)
+    target[0, :2, :2] = True
+    target[1, :2, :2] = True
+    assert referent_labels(maps, target).tolist() == [[3, 1], [-1, -1], [-1, -1]]
+
+
+def test_attribute_prior_map_is_the_log_probability_of_the_asked_value():
+    from segmentation.attribute_prior import EPS, AttributePrior
+
+    prior = AttributePrior([3], text_dim=4, dim=1)
+    with torch.no_grad():
+        prior.embed.weight.fill_(1.0)
+        prior.embed.bias.zero_()
+    pix = torch.full((1, 3, 1, 2), -30.0)
+    pix[0, 1, 0, 0] = 30.0  # left cell: value 1 for sure; right cell: value 2
+    pix[0, 2, 0, 1] = 30.0
+    asks_1 = torch.tensor([[-30.0, 30.0, -30.0]])
+    out = prior([pix], [asks_1])[0, 0, 0]
+    assert abs(out[0].item()) < 1e-4 and out[1].item() == pytest.approx(np.log(EPS), abs=0.1)
+    unsure = torch.zeros(1, 3)  # a sentence that names no value: 1/3 everywhere
+    assert torch.allclose(prior([pix], [unsure])[0, 0, 0], torch.full((2,), np.log(1 / 3 + EPS)), atol=1e-4)
+    # the sentence side reads only the real slots
+    text, mask = torch.randn(2, 5, 4), torch.tensor([[True, True, False, False, False]] * 2)
+    text[1, :2] = text[0, :2]
+    text[1, 2:] = 100.0  # row 1 differs from row 0 only in its padded slots
+    a, b = prior.text_logits(text, mask)[0]
+    torch.testing.assert_close(a, b)
+
+
+def test_attribute_prior_reads_the_referents_colour_from_the_sentence(text_encoder):
+    """Trained with ``loss_attr_text``, the sentence side names the colour of the referred square."""
+    batch = two_colour_batch(n_images=2)
+    maps = torch.zeros(len(batch), 1, 64, 64, dtype=torch.long)
+    for b in range(len(batch)):
+        for r in (b - b % 2, b - b % 2 + 1):  # the picture's two rows: both squares, labelled by colour
+            maps[b, 0][batch.gt_masks[r] > 0.5] = 1 if batch.texts[r] == "the red one" else 2
+    data = dataclasses.replace(batch, attr_maps=maps)
+    model = make_dit(text_encoder, attribute_classes=[3], attribute_prior=True)
+    criterion = DITCriterion("bce_dice")
+    terms = criterion(model(data), data)
+    assert {"loss_attr", "loss_attr_text"} <= set(terms)
+    train_steps(model, data, criterion, 40, torch.optim.AdamW)
+    model.eval()
+    with torch.no_grad():
+        asked = model(data).attr_text_logits[0].argmax(-1)
+    assert asked.tolist() == [1 if t == "the red one" else 2 for t in batch.texts]
+    with pytest.raises(ValueError, match="needs attribute_classes"):
+        make_dit(text_encoder, attribute_prior=True)
 
 
 # ------------------------------------------------------------------ postprocess

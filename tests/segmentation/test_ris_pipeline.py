@@ -105,6 +105,9 @@ def test_dit_configs_compose(tiny: Path) -> None:
         assert cfg.model.net._target_ == "segmentation.DIT"
         # the CPU recipe adds the pixel-word fusion; the published recipe is DIT's model
         assert cfg.model.net.pixel_word_fusion == (exp == "dit_synthetic") and not cfg.model.net.text_roles
+        # the CPU recipe's attribute maps and prior: off in DIT's published recipe
+        assert cfg.model.net.attribute_prior == (exp == "dit_synthetic")
+        assert bool(cfg.model.net.attribute_classes) == (exp == "dit_synthetic")
     cfg = load_config("train", ["experiment=dit_synthetic", f"data.root={tiny}"])
     from hydra.utils import instantiate
 
@@ -115,6 +118,10 @@ def test_dit_configs_compose(tiny: Path) -> None:
     assert isinstance(dm.datasets["train"], AttributeCurriculum) and dm.datasets["train"].schedule == [1.0, 0.5, 0.2]
     assert type(dm.datasets["val"]) is ReferImageDataset
     assert dm.datasets["train"].transform.scale_steps == 1  # the 128 px recipe trains at the evaluated scale
+    # the attribute maps: one channel per kind of the model's attribute head, on training and val items
+    maps = dm.datasets["train"].real.object_maps
+    assert maps is not None and maps.num_classes == list(cfg.model.net.attribute_classes)
+    assert dm.datasets["val"][0]["attr_maps"].shape == (3, 128, 128)
 
 
 def test_dit_mask_agreement_times_the_encoder_and_checks_the_identity(tiny: Path, tmp_path: Path) -> None:

@@ -152,12 +152,12 @@ def attribute_curriculum(root: str | Path, dataset: str, split: str, transform: 
     """The hydra ``_target_`` for ``data.train``: :func:`refer_image_dataset` plus the attribute curriculum.
 
     ``schedule`` as :class:`AttributeCurriculum`; ``kw`` as :func:`refer_image_dataset` (the queries use the
-    same transform and image cache, seed + 1). Logs how many queries were made.
+    same transform, image cache and object maps, seed + 1). Logs how many queries were made.
     """
     real = refer_image_dataset(root, dataset, split, transform, **kw)
     recs = attribute_queries(real.records, Path(root) / dataset / "scenes.json", seed=real.seed)
     log.info("attribute curriculum: %d queries on %d pictures, replacement rate per epoch %s", len(recs),
              len({r.image_id for r in recs}), list(schedule))
     queries = ReferImageDataset(recs, real.transform, unit="sentence", seed=real.seed + 1,
-                                image_cache=real.image_cache)
+                                image_cache=real.image_cache, object_maps=real.object_maps)
     return AttributeCurriculum(real, queries, schedule)
