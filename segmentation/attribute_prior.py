@@ -35,9 +35,11 @@ class AttributePrior(nn.Module):
         classes: values per kind, background included (the attribute head's ``attribute_classes``).
         text_dim: C_text of the text slots.
         dim: C of the image embedding the map is added to.
+        zero_init: zero-initialise the 1x1 convolution, so that the embedding passes unchanged at step 0 (for
+            pretrained SAM weights, as the pixel-word fusion).
     """
 
-    def __init__(self, classes: Sequence[int], text_dim: int, dim: int) -> None:
+    def __init__(self, classes: Sequence[int], text_dim: int, dim: int, zero_init: bool = False) -> None:
         super().__init__()
         self.classes = tuple(int(n) for n in classes)
         K = len(self.classes)
@@ -45,6 +47,9 @@ class AttributePrior(nn.Module):
         self.key = nn.Linear(text_dim, text_dim)
         self.heads = nn.ModuleList(nn.Linear(text_dim, n) for n in self.classes)
         self.embed = nn.Conv2d(K, dim, 1)
+        if zero_init:
+            nn.init.zeros_(self.embed.weight)
+            nn.init.zeros_(self.embed.bias)
 
     def text_logits(self, text: Tensor, text_mask: Tensor) -> tuple[Tensor, ...]:
         """text (B, T, C_text), text_mask (B, T) bool -> one (B, n_k) logit vector per kind."""

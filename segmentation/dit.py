@@ -178,7 +178,7 @@ class DIT(nn.Module):
             is used by the loss only, never at inference (unless ``attribute_prior``).
         attribute_prior: add :class:`~segmentation.attribute_prior.AttributePrior`'s map (how well each pixel's
             object matches the attributes the sentence gives its referent) to the image embedding before the
-            decoder; needs ``attribute_classes``. Not DIT's (False).
+            decoder; needs ``attribute_classes``. Not DIT's (False); zero-initialised when ``sam_checkpoint`` is set.
     """
 
     def __init__(self, image_encoder: TextAwareViT, text_encoder: TextEncoder, mode: str = "ldit",
@@ -235,7 +235,8 @@ class DIT(nn.Module):
             raise ValueError("DIT.attribute_prior needs attribute_classes (the per-pixel attribute head)")
         self.attribute_prior = None
         if attribute_prior:
-            self.attribute_prior = AttributePrior(self.attribute_classes, text_dim, decoder_dim)
+            self.attribute_prior = AttributePrior(self.attribute_classes, text_dim, decoder_dim,
+                                                  zero_init=sam_checkpoint is not None)
         self.role_embed = None
         if text_roles:
             self.role_embed = nn.Embedding(NUM_ROLES, text_dim, padding_idx=PAD)

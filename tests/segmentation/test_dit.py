@@ -463,6 +463,10 @@ def test_attribute_prior_reads_the_referents_colour_from_the_sentence(text_encod
     assert asked.tolist() == [1 if t == "the red one" else 2 for t in batch.texts]
     with pytest.raises(ValueError, match="needs attribute_classes"):
         make_dit(text_encoder, attribute_prior=True)
+    # with SAM weights to start from, the prior starts silent: SAM's embedding reaches the decoder unchanged
+    sam = make_dit(text_encoder, attribute_classes=[3], attribute_prior=True, sam_checkpoint="sam.pth")
+    assert not sam.attribute_prior.embed.weight.any() and not sam.attribute_prior.embed.bias.any()
+    assert model.attribute_prior.embed.weight.any()
 
 
 # ------------------------------------------------------------------ postprocess
