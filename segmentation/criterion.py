@@ -94,9 +94,11 @@ def referent_labels(attr_maps: Tensor, target: Tensor) -> Tensor:
     (B, S, S) bool; -1 where the target covers no labelled pixel."""
     B, K = attr_maps.shape[:2]
     n = int(attr_maps.max().clamp(min=0)) + 1
-    inside = attr_maps.clamp(min=0) * target[:, None].long()  # labels outside the target count as background
-    counts = F.one_hot(inside.flatten(2), n).sum(2)  # (B, K, n)
-    counts[..., 0] = 0
+    # one histogram per (row, kind) over the target's pixels only: bin (b * K + k) * n + label
+    rows = torch.arange(B * K, device=attr_maps.device).view(B, K, 1, 1) * n
+    bins = (rows + attr_maps.clamp(min=0))[target[:, None].expand(-1, K, -1, -1)]
+    counts = torch.bincount(bins, minlength=B * K * n).view(B, K, n)
+    counts[..., 0] = 0  # background (and padding) never names the referent
     best = counts.argmax(-1)
     return torch.where(counts.amax(-1) > 0, best, torch.full_like(best, -1))
 
