@@ -26,7 +26,7 @@ from torch import Tensor
 
 from datasets.coco_masks import decode_segmentation
 from datasets.errors import DataFormatError
-from datasets.refcoco import CocoInstances, _annotation, read_instances
+from datasets.refcoco import CocoInstances, _annotation, _get, _int, read_instances
 
 __all__ = ["IGNORE", "KINDS", "ObjectMaps", "place_label_maps"]
 
@@ -58,11 +58,11 @@ class ObjectMaps:
         self.instances: CocoInstances = read_instances(instances_file)
         self.category_index = {cid: i for i, cid in enumerate(sorted(self.instances.categories))}
         self.by_image: dict[int, list[int]] = {}
-        for ann_id, (_, rec) in self.instances.annotations.items():
-            if isinstance(rec, dict) and "image_id" in rec:
-                self.by_image.setdefault(rec["image_id"], []).append(ann_id)
-        for ids in self.by_image.values():
-            ids.sort(key=lambda a: self.instances.annotations[a][0])  # file order
+        path = self.instances.path
+        for ann_id, (i, rec) in sorted(self.instances.annotations.items(), key=lambda kv: kv[1][0]):  # file order
+            where = f"annotation {i} (id {ann_id})"
+            image_id = _int(path, _get(path, rec, "image_id", where), where, "image_id")
+            self.by_image.setdefault(image_id, []).append(ann_id)
         self.vocab: dict[str, tuple[str, ...]] = {
             "category": tuple(self.instances.categories[c] for c in sorted(self.instances.categories))}
         self.scene_attrs: dict[int, dict[str, str]] = {}

@@ -174,8 +174,8 @@ class DIT(nn.Module):
         attribute_classes: classes per attribute kind (background included) of a linear (1x1) head on the image
             encoder's output, trained against ``batch.attr_maps`` (every object's category, colour, size:
             :mod:`datasets.object_maps`) by the criterion's ``loss_attr``: a dense signal of what the objects
-            are, which the referring mask gives only for one object per expression. Not DIT's (None); the head
-            is used by the loss only, never at inference (unless ``attribute_prior``).
+            are, which the referring mask gives only for one object per expression. Not DIT's (None); its
+            output feeds the loss only (and the prior, with ``attribute_prior``), never the masks by itself.
         attribute_prior: add :class:`~segmentation.attribute_prior.AttributePrior`'s map (how well each pixel's
             object matches the attributes the sentence gives its referent) to the image embedding before the
             decoder; needs ``attribute_classes``. Not DIT's (False); zero-initialised when ``sam_checkpoint`` is set.

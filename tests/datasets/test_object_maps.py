@@ -73,6 +73,14 @@ def test_category_maps_need_no_scenes_file_but_colour_does(root: Path, tmp_path:
     assert str(bad) in text and f"image_id {scenes['images'][1]['image_id']}, object 0" in text and "color" in text
     with pytest.raises(DataFormatError, match="no such image"):
         maps(10 ** 9)
+    inst, _ = _files(root)
+    del inst["annotations"][2]["image_id"]
+    broken = tmp_path / "instances.json"
+    broken.write_text(json.dumps(inst))
+    with pytest.raises(DataFormatError) as err:
+        ObjectMaps(broken)
+    assert str(broken) in str(err.value) and f"annotation 2 (id {inst['annotations'][2]['id']})" in str(err.value)
+    assert "image_id" in str(err.value)
 
 
 def test_place_label_maps_flips_resizes_and_pads_with_ignore() -> None:
