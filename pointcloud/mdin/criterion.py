@@ -120,14 +120,19 @@ class MDINCriterion(nn.Module):
         semantic_balance: exponent of the class weights of ``loss_semantic`` (models with a semantic head only).
         semantic_field: the point labels of the class heads: ``"semantic"`` (ScanNet-20) or ``"semantic_fine"``
             (NYU40 - 1; the dataset needs a ``label_map``). The model's ``aux_semantic_classes`` must match (20 / 40).
+        affinity_balance: exponent of the class weights of ``loss_affinity`` ("same object" / "different
+            objects" edges, ``n^-a`` of their batch counts; 0: unweighted).
     """
 
     def __init__(self, iou_threshold: float = 0.5, eos_coef: float = 0.1, temperature: float = 0.07,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, parity_normalisation: bool = False,
                  replicate_mdin_gt_index_bug: bool = False, deep_supervision: bool = True,
                  global_pair_count: bool = True, semantic_balance: float = 0.0,
-                 semantic_field: str = "semantic") -> None:
+                 semantic_field: str = "semantic", affinity_balance: float = 0.0) -> None:
         super().__init__()
+        if affinity_balance < 0:
+            raise ValueError(f"MDINCriterion.affinity_balance must be >= 0, got {affinity_balance}")
+        self.affinity_balance = float(affinity_balance)
         if semantic_field not in ("semantic", "semantic_fine"):
             raise ValueError(f"MDINCriterion.semantic_field must be 'semantic' or 'semantic_fine', got "
                              f"{semantic_field!r}")
@@ -251,7 +256,7 @@ class MDINCriterion(nn.Module):
         terms["loss_sampler"] = self._sampler(outputs, batch, seeds, seed_ctr)
         terms["loss_bce"] = terms["loss_bce"] + _zero_anchor(outputs.pred_masks)
         terms["loss_score"] = terms["loss_score"] + _zero_anchor(outputs.pred_scores)
-        terms.update(object_terms(outputs, batch, self.semantic_balance, self.semantic_field))
+        terms.update(object_terms(outputs, batch, self.semantic_balance, self.semantic_field, self.affinity_balance))
         text_class = getattr(outputs, "text_class_logits", None)
         if text_class is not None:
             labels = target_classes(batch, text_class.shape[1], self.semantic_field).to(text_class.device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pointcloud.mdin.spatial import SpatialQueryAttention
 from pointcloud.rgsan.tlm import mlp
 
 
@@ -75,14 +76,18 @@ class LanguageUpdate(nn.Module):
 
 
 class MDINDecoderLayer(nn.Module):
-    """One layer of spec §6.3: language update A, QSA, QQA, QLA, language update B, fusion + FFN."""
+    """One layer of spec §6.3: language update A, QSA, QQA, QLA, language update B, fusion + FFN.
+
+    ``pair_dim > 0`` (not published): QQA is :class:`~pointcloud.mdin.spatial.SpatialQueryAttention`, which also
+    reads the pairwise offsets of the queries' objects (an embedding of width ``pair_dim``).
+    """
 
     def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024,
-                 parity_residual_only: bool = False, parity_triple_residual: bool = False) -> None:
+                 parity_residual_only: bool = False, parity_triple_residual: bool = False, pair_dim: int = 0) -> None:
         super().__init__()
         self.language = LanguageUpdate(dim, num_heads, ffn_dim, parity_residual_only)
         self.qsa = _Attention(dim, num_heads, parity_residual_only)
-        self.qqa = _Attention(dim, num_heads)
+        self.qqa = SpatialQueryAttention(dim, num_heads, pair_dim) if pair_dim > 0 else _Attention(dim, num_heads)
         self.qla = _Attention(dim, num_heads, parity_residual_only)
         self.fuse_norm = nn.LayerNorm(dim)
         self.ffn = _FFN(dim, ffn_dim)
@@ -95,13 +100,16 @@ class MDINDecoderLayer(nn.Module):
             norm.requires_grad_(False)
 
     def forward(self, queries: Tensor, words: Tensor, word_pad: Tensor, inst: Tensor, inst_pad: Tensor,
-                attn_mask: Tensor) -> tuple[Tensor, Tensor]:
+                attn_mask: Tensor, pair: Tensor | None = None,
+                query_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Update queries and words.
 
         Args:
             queries: (D, Q, d); words: (D, T, d); word_pad: (D, T) True on padding.
             inst: (D, S, d) superpoint features of each description's scene; inst_pad: (D, S) True on padding.
             attn_mask: (D, Q, S) True where query q may NOT attend superpoint s (from the previous prediction).
+            pair: (D, Q, Q, pair_dim) embedded offsets of the queries' objects (needed with ``pair_dim > 0``);
+            query_pad: (D, Q) True on padding queries, which the spatial QQA does not attend.
 
         Returns:
             (queries (D, Q, d), words (D, T, d)).
@@ -109,7 +117,12 @@ class MDINDecoderLayer(nn.Module):
         words = self.language(words, word_pad, inst, inst_pad)
         mask = attn_mask.repeat_interleave(self.num_heads, dim=0)  # (D * heads, Q, S), nn.MultiheadAttention's layout
         q_sa = self.qsa(queries, inst, key_padding=None, attn_mask=mask)
-        d_qq = self.qqa.delta(q_sa, q_sa)
+        if isinstance(self.qqa, SpatialQueryAttention):
+            if pair is None:
+                raise ValueError("MDINDecoderLayer(pair_dim > 0) needs the pair embedding of the queries' positions")
+            d_qq = self.qqa.delta(q_sa, pair, query_pad)
+        else:
+            d_qq = self.qqa.delta(q_sa, q_sa)
         d_ql = self.qla.delta(q_sa, words, key_padding=word_pad)
         words = self.language(words, word_pad, q_sa, None)
         if self.triple_residual:  # q_QSA + LN(q_QSA + ΔQQA) + (q_QSA + ΔQLA [+ LN unless residual-only])

@@ -25,12 +25,18 @@ from pointcloud.checkpoint import LoadReport
 from pointcloud.mdin.decoder import MDINDecoderLayer, MDINHeads, attention_mask_from_logits
 from pointcloud.mdin.fps import batched_fps
 from pointcloud.mdin.phrases import NO_OBJECT_SUFFIX, SETS, phrase_sets
+from pointcloud.mdin.spatial import PairEmbedding
 from pointcloud.model_groups import load_unet_checkpoint, scaled_param_groups
 from pointcloud.rgsan.affinity import AffinityHead
 from pointcloud.rgsan.objects import ObjectContext
 from pointcloud.rgsan.scene_objects import check_object_context, scene_objects
 from pointcloud.rgsan.tlm import mlp
-from pointcloud.superpoint_pool import SUPERPOINT_GEOMETRY_DIM, backbone_superpoints, pad_by_offsets
+from pointcloud.superpoint_pool import (
+    SUPERPOINT_GEOMETRY_DIM,
+    backbone_superpoints,
+    pad_by_offsets,
+    superpoint_counts,
+)
 
 TASK_TYPES = ("gres", "res")
 
@@ -117,6 +123,11 @@ class MDIN(nn.Module):
             ``m = sum_c p_text(c) p_object(c)`` times a learned scale (initially 1) is added to the target logit of
             every prediction. It gives the indicator the class cue that the class-name baseline lives on, as an
             explicit product, instead of leaving it to be found through attention in a few hundred steps.
+        relative_positions: (not published) QQA also reads the pairwise offsets between the queries' objects
+            (:mod:`pointcloud.mdin.spatial`): each query sits at the centre of its seed's object group when the
+            model has ``object_context`` (the annotated instance in training, the affinity group otherwise), else
+            at its seed superpoint's centre. The published queries carry no position.
+        pair_dim: width of the pair embedding of ``relative_positions``.
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -127,7 +138,8 @@ class MDIN(nn.Module):
                  backbone_checkpoint: str | None = None, backbone_lr_mult: float = 0.01,
                  text_lr_mult: float = 0.001, fps_start: int = 0, parse_cache_size: int = 200_000,
                  aux_semantic_classes: int = 0, aux_affinity: bool = False, affinity_cell: float = 0.05,
-                 object_context: bool = False, class_match: bool = False) -> None:
+                 object_context: bool = False, class_match: bool = False, relative_positions: bool = False,
+                 pair_dim: int = 32) -> None:
         super().__init__()
         if class_match and not object_context:
             raise ValueError("MDIN(class_match=True) compares the text's class with each seed object's class from "
@@ -153,8 +165,10 @@ class MDIN(nn.Module):
         self.sampler = TextGuidedTopK(k=num_queries, mode="gather", score_fn="softmax_sum", text_dim=d_model,
                                       token_dim=d_model, score_dim=d_model, straight_through=False)
         self.query_generator = mlp([d_model, d_model, d_model, d_model])
+        self.pair_embedding = PairEmbedding(pair_dim) if relative_positions else None
         self.layers = nn.ModuleList(MDINDecoderLayer(d_model, num_heads, ffn_dim, parity_residual_only,
-                                                     parity_triple_residual) for _ in range(num_layers))
+                                                     parity_triple_residual, pair_dim if relative_positions else 0)
+                                    for _ in range(num_layers))
         self.heads = MDINHeads(d_model, proj_dim)
         self.token_proj = mlp([d_model, d_model, d_model, proj_dim])
         self.parser = DependencyParser(model=parser_model, max_words=max_words)
@@ -221,6 +235,22 @@ class MDIN(nn.Module):
         match = (seed_class * text_class.softmax(-1)[:, None, :]).sum(-1)
         return text_class, match
 
+    @staticmethod
+    def _query_positions(batch: ReferBatch3D, groups: Tensor | None, centres: Tensor, scene: Tensor,
+                         query_sp: Tensor) -> Tensor:
+        """(D, Q, 3) metres: the point-weighted centre of each query's seed object (``groups``: (S,) batch-wide
+        group per superpoint), or the seed superpoint's centre without groups (``centres``: (B, S, 3) padded)."""
+        if groups is not None:
+            sp_center = batch.sp_center.to(centres.device, centres.dtype)
+            weight = superpoint_counts(batch.superpoint.to(centres.device), sp_center.shape[0]).to(centres.dtype)
+            num_groups = int(groups.max()) + 1 if groups.numel() else 0
+            total = torch.zeros(num_groups, 3, dtype=centres.dtype, device=centres.device)
+            total.index_add_(0, groups, sp_center * weight[:, None])
+            mass = torch.zeros(num_groups, dtype=centres.dtype, device=centres.device).index_add_(0, groups, weight)
+            object_centre = (total / mass.clamp_min(1.0)[:, None])[groups]  # (S, 3)
+            centres, _ = pad_by_offsets(object_centre, batch.sp_offsets)
+        return batched_gather(centres[scene], query_sp)
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: ReferBatch3D) -> MDINOutputs:
         """Run the model on B scenes and D descriptions (see :class:`MDINOutputs`)."""
@@ -258,13 +288,16 @@ class MDIN(nn.Module):
         query_sp = torch.where(query_valid, batched_gather(seed_sp, plan.rep_index), 0)
         queries = self.query_generator(kept.x)
 
+        pair = None
+        if self.pair_embedding is not None:
+            pair = self.pair_embedding(self._query_positions(batch, objects.groups, centres, scene, query_sp))
         word_pad = ~word_valid
         mask_keys = self.heads.mask_features(inst)[scene]  # (D, S, d)
         inst_d = inst[scene]
         preds = [self.heads(queries, mask_keys)]
         for layer in self.layers:
             attn = attention_mask_from_logits(preds[-1]["masks"], sp_pad, self.attn_mask_threshold)
-            queries, words = layer(queries, words, word_pad, inst_d, sp_pad, attn)
+            queries, words = layer(queries, words, word_pad, inst_d, sp_pad, attn, pair, ~query_valid)
             preds.append(self.heads(queries, mask_keys))
         masks = torch.stack([p["masks"] for p in preds]).masked_fill(sp_pad[None, :, None, :], -1e4)
         indicator = torch.stack([p["indicator"] for p in preds])

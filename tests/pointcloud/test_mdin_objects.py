@@ -41,8 +41,10 @@ def test_scene_object_heads_forward_losses_and_gradients(scenes: Path, encoder: 
         label = batch.sp_ins_label[lo:hi]
         for inst in label[label >= 0].unique().tolist():
             assert groups[lo:hi][label == inst].unique().numel() == 1
-    terms = MDINCriterion(semantic_balance=0.5)(out, batch)
+    terms = MDINCriterion(semantic_balance=0.5, affinity_balance=1.0)(out, batch)
     assert set(terms) == set(WEIGHTS) | set(OBJECT_TERMS)
+    with pytest.raises(ValueError, match="affinity_balance"):
+        MDINCriterion(affinity_balance=-0.5)
     assert all(torch.isfinite(v) and v > 0 for k, v in terms.items() if k in OBJECT_TERMS), terms
     sum(terms.values()).backward()
     # DDP without find_unused_parameters: every trainable parameter, the new heads included, gets a gradient

@@ -226,3 +226,26 @@ def test_group_superpoints_scene_by_scene() -> None:
     assert groups.tolist() == [0, 0, 2, 3, 3]
     none = torch.zeros(0, 2, dtype=torch.long)
     assert group_superpoints(none, torch.zeros(0), torch.tensor([0, 2])).tolist() == [0, 1]
+
+
+def test_affinity_balance_weighs_same_and_different_edges_by_hand() -> None:
+    from pointcloud.rgsan.scene_objects import object_terms
+
+    # Superpoints 0-2 on object 5, 3 on object 7, 4 unannotated: three "same" edges, one "different", one ignored.
+    edges = torch.tensor([[0, 1], [1, 2], [0, 2], [2, 3], [3, 4]])
+    logits = torch.tensor([2.0, 1.0, -0.5, 3.0, 0.7], requires_grad=True)
+    outputs = SimpleNamespace(sp_edges=edges, sp_edge_logits=logits)
+    batch = SimpleNamespace(sp_ins_label=torch.tensor([5, 5, 5, 7, -1]))
+    per_edge = F.binary_cross_entropy_with_logits(logits[:4], torch.tensor([1.0, 1.0, 1.0, 0.0]), reduction="none")
+    plain = object_terms(outputs, batch)["loss_affinity"]
+    torch.testing.assert_close(plain, per_edge.mean())
+    # a = 1: each kind of edge is half the loss, whatever the counts.
+    balanced = object_terms(outputs, batch, affinity_balance=1.0)["loss_affinity"]
+    torch.testing.assert_close(balanced, 0.5 * per_edge[:3].mean() + 0.5 * per_edge[3])
+    # a = 0.5: weights n^-0.5 (3^-0.5 and 1), scaled so that they sum to the number of edges.
+    w_same, w_diff = 3 ** -0.5, 1.0
+    scale = 4 / (3 * w_same + w_diff)
+    expected = scale * (w_same * per_edge[:3].sum() + w_diff * per_edge[3]) / 4
+    torch.testing.assert_close(object_terms(outputs, batch, affinity_balance=0.5)["loss_affinity"], expected)
+    balanced.backward()
+    assert logits.grad[4] == 0 and logits.grad[3] > 0  # the ignored edge gets nothing; "different" is pushed down
