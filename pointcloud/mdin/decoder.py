@@ -79,15 +79,18 @@ class MDINDecoderLayer(nn.Module):
     """One layer of spec §6.3: language update A, QSA, QQA, QLA, language update B, fusion + FFN.
 
     ``pair_dim > 0`` (not published): QQA is :class:`~pointcloud.mdin.spatial.SpatialQueryAttention`, which also
-    reads the pairwise offsets of the queries' objects (an embedding of width ``pair_dim``).
+    reads the pairwise offsets of the queries' objects (an embedding of width ``pair_dim``; ``relative_keys``: also
+    as a key term).
     """
 
     def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024,
-                 parity_residual_only: bool = False, parity_triple_residual: bool = False, pair_dim: int = 0) -> None:
+                 parity_residual_only: bool = False, parity_triple_residual: bool = False, pair_dim: int = 0,
+                 relative_keys: bool = False) -> None:
         super().__init__()
         self.language = LanguageUpdate(dim, num_heads, ffn_dim, parity_residual_only)
         self.qsa = _Attention(dim, num_heads, parity_residual_only)
-        self.qqa = SpatialQueryAttention(dim, num_heads, pair_dim) if pair_dim > 0 else _Attention(dim, num_heads)
+        self.qqa = (SpatialQueryAttention(dim, num_heads, pair_dim, relative_keys) if pair_dim > 0
+                    else _Attention(dim, num_heads))
         self.qla = _Attention(dim, num_heads, parity_residual_only)
         self.fuse_norm = nn.LayerNorm(dim)
         self.ffn = _FFN(dim, ffn_dim)

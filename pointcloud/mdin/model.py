@@ -128,6 +128,9 @@ class MDIN(nn.Module):
             model has ``object_context`` (the annotated instance in training, the affinity group otherwise), else
             at its seed superpoint's centre. The published queries carry no position.
         pair_dim: width of the pair embedding of ``relative_positions``.
+        relative_keys: with ``relative_positions``, the offsets also enter the attention keys, so what a query
+            attends to depends on its content and the offset together
+            (:class:`~pointcloud.mdin.spatial.SpatialQueryAttention`).
     """
 
     def __init__(self, backbone: nn.Module, text_encoder: TextEncoder, d_model: int = 256, num_heads: int = 8,
@@ -139,7 +142,7 @@ class MDIN(nn.Module):
                  text_lr_mult: float = 0.001, fps_start: int = 0, parse_cache_size: int = 200_000,
                  aux_semantic_classes: int = 0, aux_affinity: bool = False, affinity_cell: float = 0.05,
                  object_context: bool = False, class_match: bool = False, relative_positions: bool = False,
-                 pair_dim: int = 32) -> None:
+                 pair_dim: int = 32, relative_keys: bool = False) -> None:
         super().__init__()
         if class_match and not object_context:
             raise ValueError("MDIN(class_match=True) compares the text's class with each seed object's class from "
@@ -167,7 +170,8 @@ class MDIN(nn.Module):
         self.query_generator = mlp([d_model, d_model, d_model, d_model])
         self.pair_embedding = PairEmbedding(pair_dim) if relative_positions else None
         self.layers = nn.ModuleList(MDINDecoderLayer(d_model, num_heads, ffn_dim, parity_residual_only,
-                                                     parity_triple_residual, pair_dim if relative_positions else 0)
+                                                     parity_triple_residual, pair_dim if relative_positions else 0,
+                                                     relative_keys)
                                     for _ in range(num_layers))
         self.heads = MDINHeads(d_model, proj_dim)
         self.token_proj = mlp([d_model, d_model, d_model, proj_dim])

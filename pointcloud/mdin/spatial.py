@@ -49,16 +49,20 @@ class PairEmbedding(nn.Module):
 class SpatialQueryAttention(nn.Module):
     """Multi-head self-attention of the queries with a pairwise positional bias and positional values.
 
-    ``a_h(i, j) = softmax_j(<W_q x_i, W_k x_j>_h / sqrt(d_h) + w_h . e_ij)``;
-    ``out_i = W_o concat_h sum_j a_h(i, j) (W_v x_j + U e_ij)_h``. ``norm`` is the LayerNorm of the residual,
+    ``a_h(i, j) = softmax_j(<W_q x_i, W_k x_j + R e_ij>_h / sqrt(d_h) + w_h . e_ij)``;
+    ``out_i = W_o concat_h sum_j a_h(i, j) (W_v x_j + U e_ij)_h``.
+    The ``R e_ij`` key term (relative position representations, Shaw et al. 2018; with ``relative_keys``) lets
+    what a query looks for depend on its content and the offset together ("objects to my left" once the words say
+    left), not only on the offset. ``norm`` is the LayerNorm of the residual,
     used as :class:`pointcloud.mdin.decoder._Attention`'s (the decoder takes :meth:`delta` only unless
     ``parity_triple_residual``).
 
     Args:
-        dim: query width d; num_heads: H (d divisible by H); pair_dim: width of the pair embedding.
+        dim: query width d; num_heads: H (d divisible by H); pair_dim: width of the pair embedding;
+        relative_keys: add the ``R e_ij`` key term.
     """
 
-    def __init__(self, dim: int, num_heads: int, pair_dim: int = 64) -> None:
+    def __init__(self, dim: int, num_heads: int, pair_dim: int = 64, relative_keys: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"SpatialQueryAttention: dim {dim} is not divisible by num_heads {num_heads}")
@@ -66,6 +70,7 @@ class SpatialQueryAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.pair_bias = nn.Linear(pair_dim, num_heads)
         self.pair_value = nn.Linear(pair_dim, dim)
+        self.pair_key = nn.Linear(pair_dim, dim, bias=False) if relative_keys else None
         self.norm = nn.LayerNorm(dim)
         self.num_heads = num_heads
 
@@ -82,7 +87,11 @@ class SpatialQueryAttention(nn.Module):
         n, q, d = x.shape
         h = self.num_heads
         qs, ks, vs = self.qkv(x).view(n, q, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (D, H, Q, d_h)
-        logits = qs @ ks.transpose(-1, -2) / math.sqrt(d // h) + self.pair_bias(pair).permute(0, 3, 1, 2)
+        scores = qs @ ks.transpose(-1, -2)
+        if self.pair_key is not None:  # <q_i, R e_ij>_h = <R_h^T q_i, e_ij>: project the queries, not the pairs
+            q_pair = torch.einsum("nhid,hdc->nhic", qs, self.pair_key.weight.view(h, d // h, -1))
+            scores = scores + torch.einsum("nhic,nijc->nhij", q_pair, pair)
+        logits = scores / math.sqrt(d // h) + self.pair_bias(pair).permute(0, 3, 1, 2)
         if key_padding is not None:
             blocked = key_padding[:, None, None, :] & ~key_padding.all(1)[:, None, None, None]
             logits = logits.masked_fill(blocked, float("-inf"))
