@@ -35,7 +35,7 @@ from pointcloud.superpoint_pool import (
     SUPERPOINT_GEOMETRY_DIM,
     backbone_superpoints,
     pad_by_offsets,
-    superpoint_counts,
+    superpoint_pool,
 )
 
 TASK_TYPES = ("gres", "res")
@@ -244,14 +244,11 @@ class MDIN(nn.Module):
                          query_sp: Tensor) -> Tensor:
         """(D, Q, 3) metres: the point-weighted centre of each query's seed object (``groups``: (S,) batch-wide
         group per superpoint), or the seed superpoint's centre without groups (``centres``: (B, S, 3) padded)."""
-        if groups is not None:
-            sp_center = batch.sp_center.to(centres.device, centres.dtype)
-            weight = superpoint_counts(batch.superpoint.to(centres.device), sp_center.shape[0]).to(centres.dtype)
+        if groups is not None:  # the mean of the object's points (superpoint_pool's scatter mean, per group)
+            point_group = groups[batch.superpoint.to(groups.device)]
             num_groups = int(groups.max()) + 1 if groups.numel() else 0
-            total = torch.zeros(num_groups, 3, dtype=centres.dtype, device=centres.device)
-            total.index_add_(0, groups, sp_center * weight[:, None])
-            mass = torch.zeros(num_groups, dtype=centres.dtype, device=centres.device).index_add_(0, groups, weight)
-            object_centre = (total / mass.clamp_min(1.0)[:, None])[groups]  # (S, 3)
+            coord = batch.coord.to(centres.device, centres.dtype)
+            object_centre = superpoint_pool(coord, point_group, num_groups, validate=False)[groups]  # (S, 3)
             centres, _ = pad_by_offsets(object_centre, batch.sp_offsets)
         return batched_gather(centres[scene], query_sp)
 

@@ -40,7 +40,6 @@ class PairEmbedding(nn.Module):
     def __init__(self, hidden: int = 64) -> None:
         super().__init__()
         self.mlp = mlp([PAIR_DIM, hidden, hidden])
-        self.out_dim = hidden
 
     def forward(self, pos: Tensor) -> Tensor:
         return self.mlp(pair_offsets(pos))
